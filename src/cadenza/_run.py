@@ -1,0 +1,193 @@
+"""`RunHandle`: one live run's journal writer — events, step batches, checkpoints — and, when
+replaying, the recording it is checked against. Agents and graphs touch the store only here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+from .budgets import BudgetTracker
+from .context import RunContext
+from .errors import ReplayDivergence
+from .messages import Message
+from .stores._base import Batch, Checkpoint, Event, RunRecord, StateStore, ToolRecord
+
+Listener = Callable[[Event], None]
+
+# Event fields that legitimately differ between a recording and its replay.
+_VOLATILE = frozenset({"duration_ms", "child", "run_id", "replayed", "ts"})
+
+
+class Recording:
+    """A finished run's canonical events, consumed in order by a replay."""
+
+    __slots__ = ("answers", "events", "pos")
+
+    def __init__(self, events: list[Event]) -> None:
+        canon: list[Event] = []
+        self.answers: list[Any] = []
+        for e in events:
+            if e.type == "run.resumed":
+                # Steps after the checkpoint were redone after the resume: keep the redo only.
+                k = int(e.data.get("from_step", 0))
+                canon = [x for x in canon if int(x.data.get("step", 0)) <= k]
+                if "answer" in e.data:
+                    self.answers.append(e.data["answer"])
+                continue
+            if e.type in ("run.started", "run.interrupted", "run.failed"):
+                continue
+            canon.append(e)
+        self.events = canon
+        self.pos = 0
+
+    def next(self, type_: str, step: int) -> Event:
+        """The next recorded event, which must have type `type_`."""
+        if self.pos >= len(self.events):
+            raise ReplayDivergence(step, "event", "end of recording", type_)
+        e = self.events[self.pos]
+        self.pos += 1
+        if e.type != type_:
+            raise ReplayDivergence(step, "event", e.type, type_)
+        return e
+
+    def find(self, type_: str, pred: Callable[[Event], bool]) -> Event | None:
+        """A recorded event of that type satisfying `pred`, searching from the current position."""
+        for e in self.events[self.pos :]:
+            if e.type == type_ and pred(e):
+                return e
+        return None
+
+
+def _norm(data: dict[str, Any]) -> dict[str, Any]:
+    return to_jsonable_python(
+        {k: v for k, v in data.items() if k not in _VOLATILE}, fallback=str
+    )
+
+
+class RunHandle:
+    """The journal writer of one run. Every state change of a run goes through here."""
+
+    __slots__ = (
+        "batch",
+        "budget",
+        "ctx",
+        "listeners",
+        "model_override",
+        "msg_committed",
+        "record",
+        "recording",
+        "replaying",
+        "seq",
+        "step",
+        "store",
+    )
+
+    def __init__(
+        self,
+        store: StateStore,
+        record: RunRecord,
+        ctx: RunContext,
+        budget: BudgetTracker,
+        *,
+        listeners: list[Listener] | None = None,
+        recording: Recording | None = None,
+        seq: int = 0,
+        step: int = 0,
+        msg_committed: int = 0,
+    ) -> None:
+        self.store = store
+        self.record = record
+        self.ctx = ctx
+        self.budget = budget
+        self.listeners = listeners or []
+        self.recording = recording
+        self.replaying = recording is not None
+        self.seq = seq
+        self.step = step
+        self.msg_committed = msg_committed
+        self.model_override: Any = None
+        """A model (or model string) replacing the workflow's own, e.g. from `--model`."""
+        self.batch = Batch()
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self.record.id
+
+    def emit(self, type_: str, data: dict[str, Any]) -> Event:
+        """Append a typed event to the current step's batch (and tell the listeners)."""
+        self.seq += 1
+        ev = Event(self.record.id, self.seq, type_, time.time(), data)
+        if self.recording is not None and type_ not in ("run.started", "run.resumed"):
+            self._compare(ev)
+        self.batch.events.append(ev)
+        for listener in self.listeners:
+            listener(ev)
+        return ev
+
+    def _compare(self, ev: Event) -> None:
+        assert self.recording is not None
+        rec = self.recording.next(ev.type, int(ev.data.get("step", self.step)))
+        want, got = _norm(rec.data), _norm(ev.data)
+        if want != got:
+            for k in sorted(set(want) | set(got)):
+                if want.get(k) != got.get(k):
+                    raise ReplayDivergence(
+                        int(ev.data.get("step", self.step)),
+                        f"{ev.type} {k}",
+                        want.get(k),
+                        got.get(k),
+                    )
+
+    async def commit(
+        self,
+        data: dict[str, Any] | None = None,
+        *,
+        state: Any = None,
+        state_changed: bool = False,
+        messages: list[Message] | None = None,
+        run: bool = False,
+    ) -> None:
+        """Write the pending batch in one transaction, with a checkpoint when `data` is given.
+
+        Args:
+            data: The workflow's position; becomes the checkpoint for `self.step`.
+            state: Graph state at this point (stored only when `state_changed`).
+            state_changed: The state differs from the previous checkpoint's.
+            messages: The run's conversation; only messages not yet committed are written.
+            run: Also write the run record (status changes).
+        """
+        b = self.batch
+        if run:
+            self.record.updated_at = time.time()
+            b.run = self.record
+        if messages is not None and len(messages) > self.msg_committed:
+            b.messages = messages[self.msg_committed :]
+            b.msg_start = self.msg_committed
+            self.msg_committed = len(messages)
+        if data is not None:
+            if messages is not None:
+                data["messages"] = len(messages)
+            b.checkpoint = Checkpoint(self.step, data, state)
+            b.state_changed = state_changed
+        if self.replaying or not b:
+            self.batch = Batch()
+            return
+        self.batch = Batch()
+        await self.store.commit(self.record.id, b)
+
+    async def record_tool(self, rec: ToolRecord) -> None:
+        """Durably write an idempotency record now, with the events pending before it."""
+        if self.replaying:
+            return
+        self.batch.tool_records.append(rec)
+        b, self.batch = self.batch, Batch()
+        await self.store.commit(self.record.id, b)
+
+    def checkpoint_of(self, cp: Checkpoint | None) -> None:
+        """Position the step counter after a resumed checkpoint."""
+        if cp is not None:
+            self.step = cp.seq

@@ -1,0 +1,118 @@
+"""Per-run budgets (steps, tool calls, tokens, cost, wall-clock time), checked *before* spending.
+
+One `BudgetTracker` serves a run and every child run it starts (agent nodes, sub-graphs), so
+all agents of a run draw on the same budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .errors import BudgetExceeded
+from .messages import Usage
+from .models import ModelRequest
+
+__all__ = ["Budget", "BudgetTracker", "estimate_tokens"]
+
+
+@dataclass(slots=True, frozen=True)
+class Budget:
+    """Limits for one run; None means unlimited."""
+
+    max_steps: int | None = 50
+    """Model turns (agent steps) across the run."""
+    max_tool_calls: int | None = None
+    """Tool executions across the run."""
+    max_tokens: int | None = None
+    """Input plus output tokens across the run."""
+    max_cost: float | None = None
+    """US dollars across the run."""
+    timeout: float | None = None
+    """Seconds of wall-clock time from the run's start (or resume)."""
+
+
+def estimate_tokens(request: ModelRequest) -> int:
+    """Rough input-token count of a request (4 characters per token), used before the call."""
+    chars = 0
+    for m in request.messages:
+        chars += len(m.text) + 8
+        for c in m.tool_calls:
+            chars += len(c.name) + len(str(c.arguments))
+        for r in m.tool_results:
+            chars += len(str(r.content)) + 8
+    for t in request.tools:
+        chars += len(t.name) + len(t.description) + len(str(t.parameters))
+    return chars // 4 + 1
+
+
+class BudgetTracker:
+    """Counts what a run has spent and refuses the next call when it would overspend."""
+
+    __slots__ = ("budget", "deadline", "steps", "tool_calls", "usage")
+
+    def __init__(self, budget: Budget, usage: Usage | None = None, steps: int = 0, tool_calls: int = 0) -> None:
+        self.budget = budget
+        self.usage = usage or Usage()
+        self.steps = steps
+        self.tool_calls = tool_calls
+        self.deadline = (
+            time.monotonic() + budget.timeout if budget.timeout is not None else None
+        )
+
+    def remaining_time(self) -> float | None:
+        """Seconds left before the deadline (None when there is none)."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def _check_time(self) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            assert self.budget.timeout is not None
+            raise BudgetExceeded("time", self.budget.timeout, self.budget.timeout, "seconds")
+
+    def before_model(self, request: ModelRequest, price: tuple[float, float] | None) -> None:
+        """Check that one more model call fits; cap its output tokens to what is left.
+
+        Raises:
+            BudgetExceeded: steps, tokens, cost or time would be overspent.
+        """
+        b = self.budget
+        if b.max_steps is not None and self.steps >= b.max_steps:
+            raise BudgetExceeded("steps", b.max_steps, self.steps, "model turns")
+        self._check_time()
+        if b.max_tokens is None and b.max_cost is None:
+            return
+        est_in = estimate_tokens(request)
+        if b.max_tokens is not None:
+            left = b.max_tokens - self.usage.total_tokens - est_in
+            if left <= 0:
+                raise BudgetExceeded(
+                    "tokens", b.max_tokens, self.usage.total_tokens,
+                    f"the next request needs about {est_in} input tokens",
+                )  # fmt: skip
+            s = request.settings
+            s.max_tokens = left if s.max_tokens is None else min(s.max_tokens, left)
+        if b.max_cost is not None and price is not None:
+            out = request.settings.max_tokens or 0
+            est_cost = est_in * price[0] + out * price[1]
+            if self.usage.cost + est_cost > b.max_cost:
+                raise BudgetExceeded(
+                    "cost", b.max_cost, self.usage.cost,
+                    f"the next request could cost up to ${est_cost:.4f}",
+                )  # fmt: skip
+
+    def after_model(self, usage: Usage) -> None:
+        """Charge a completed model call."""
+        self.steps += 1
+        self.usage.add(usage)
+
+    def before_tool(self) -> None:
+        """Check that one more tool execution fits, and count it.
+
+        Raises:
+            BudgetExceeded: tool calls or time would be overspent.
+        """
+        b = self.budget
+        if b.max_tool_calls is not None and self.tool_calls >= b.max_tool_calls:
+            raise BudgetExceeded("tool_calls", b.max_tool_calls, self.tool_calls)
+        self._check_time()
+        self.tool_calls += 1

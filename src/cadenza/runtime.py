@@ -1,0 +1,248 @@
+"""Runs: start, resume, replay. The only module that opens and closes a run's journal.
+
+`Agent` and `CompiledGraph` are workflows: they know how to drive one run from a checkpoint.
+This module wraps that drive with what every run needs — a run record, a budget, the
+terminal events, and the translation of failures and interrupts into run status.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from ._run import Listener, Recording, RunHandle
+from .budgets import Budget, BudgetTracker
+from .context import Principal, RunContext
+from .errors import (
+    CadenzaError,
+    GraphInterrupt,
+    ReplayDivergence,
+    ResumeError,
+    RunError,
+    RunNotFound,
+)
+from .messages import Message, Usage
+from .stores import StateStore, default_store
+from .stores._base import Checkpoint, RunRecord
+
+__all__ = ["RunResult", "Workflow"]
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a run produced."""
+
+    run_id: str
+    """The run's id (look it up with `cadenza runs show`)."""
+    status: Literal["finished", "interrupted"]
+    """'finished', or 'interrupted' when a node waits for human input."""
+    output: Any = None
+    """The final answer (agents) or final state (graphs)."""
+    usage: Usage = field(default_factory=Usage)
+    """Tokens and cost of the whole run, child runs included."""
+    messages: list[Message] = field(default_factory=lambda: [])
+    """The agent's conversation (empty for graphs)."""
+    interrupt: Any = None
+    """What the paused node asks, when interrupted; resume with the answer."""
+    thread: str | None = None
+    """The conversation thread."""
+
+
+class Workflow(Protocol):
+    """Something the runtime can drive: an `Agent` or a `CompiledGraph`."""
+
+    @property
+    def name(self) -> str:
+        """Name recorded with every run."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """'agent' or 'graph'."""
+        ...
+
+    def _input_json(self, input: Any) -> Any:
+        """The run input as JSON, for the run record."""
+        ...
+
+    async def _drive(
+        self, run: RunHandle, cp: Checkpoint | None, input: Any, answer: Any
+    ) -> tuple[Any, Any]:
+        """Run to the end from `cp` (None: from the start); return (output, output JSON)."""
+        ...
+
+
+@dataclass(slots=True)
+class RunOptions:
+    """Everything a run may be given beside its input."""
+
+    store: StateStore | None = None
+    thread: str | None = None
+    principal: Principal | None = None
+    deps: Any = None
+    budget: Budget | None = None
+    run_id: str | None = None
+    ref: str | None = None
+    listeners: list[Listener] | None = None
+    vars: dict[str, Any] | None = None
+    model: Any = None
+
+
+def new_run_id() -> str:
+    """A fresh, unique run id."""
+    return uuid.uuid4().hex
+
+
+async def start(wf: Workflow, input: Any, opts: RunOptions, parent: RunHandle | None = None) -> RunResult:
+    """Start a new run of `wf` and drive it to the end (or to an interrupt)."""
+    store = opts.store or (parent.store if parent else default_store())
+    now = time.time()
+    principal = opts.principal or (parent.ctx.principal if parent else Principal())
+    record = RunRecord(
+        id=opts.run_id or new_run_id(), workflow=wf.name, kind=wf.kind,
+        thread=opts.thread, ref=opts.ref, input=wf._input_json(input),  # pyright: ignore[reportPrivateUsage]
+        principal={"user_id": principal.user_id, "roles": list(principal.roles), "tenant": principal.tenant},
+        created_at=now, updated_at=now,
+    )  # fmt: skip
+    budget = parent.budget if parent else BudgetTracker(opts.budget or Budget())
+    ctx = RunContext(record.id, opts.thread, principal, opts.deps if opts.deps is not None or parent is None else parent.ctx.deps)
+    run = RunHandle(
+        store, record, ctx, budget,
+        listeners=opts.listeners if opts.listeners is not None else (parent.listeners if parent else None),
+        recording=None,
+    )  # fmt: skip
+    data: dict[str, Any] = {"workflow": wf.name, "kind": wf.kind, "input": record.input}
+    if opts.thread:
+        data["thread"] = opts.thread
+    if parent is not None:
+        data["parent"] = parent.run_id
+    run.model_override = opts.model if opts.model is not None else (parent.model_override if parent else None)
+    run.emit("run.started", data)
+    await run.commit(run=True)
+    return await _drive(wf, run, None, input, None, parent is None)
+
+
+async def resume(
+    wf: Workflow, run_id: str, opts: RunOptions, *, answer: Any = None, has_answer: bool = False,
+    parent: RunHandle | None = None,
+) -> RunResult:
+    """Continue a run from its last checkpoint (in this or any other process)."""
+    store = opts.store or (parent.store if parent else default_store())
+    record = await store.get_run(run_id)
+    if record is None:
+        raise RunNotFound(f"no run {run_id!r} in the store; list runs with `cadenza runs list`")
+    if record.status == "finished":
+        raise ResumeError(f"run {run_id} already finished; there is nothing to resume")
+    if record.status == "interrupted" and not has_answer:
+        raise ResumeError(
+            f"run {run_id} is waiting for human input; resume it with an answer "
+            "(`cadenza runs resume ID --answer TEXT`)"
+        )
+    cp = await store.checkpoint(run_id)
+    events = await store.events(run_id)
+    seq = events[-1].seq if events else 0
+    p = record.principal
+    principal = Principal(p.get("user_id", "anonymous"), tuple(p.get("roles", ())), p.get("tenant"))
+    budget = parent.budget if parent else BudgetTracker(
+        opts.budget or Budget(), _usage_so_far(events), _steps_so_far(events), _tools_so_far(events)
+    )
+    ctx = RunContext(record.id, record.thread, principal, opts.deps)
+    run = RunHandle(
+        store, record, ctx, budget,
+        listeners=opts.listeners if opts.listeners is not None else (parent.listeners if parent else None),
+        seq=seq, msg_committed=int(cp.data.get("messages", 0)) if cp else 0,
+    )  # fmt: skip
+    run.checkpoint_of(cp)
+    run.model_override = opts.model if opts.model is not None else (parent.model_override if parent else None)
+    record.status = "running"
+    record.error = None
+    data: dict[str, Any] = {"from_step": cp.seq if cp else 0}
+    if has_answer:
+        data["answer"] = answer
+    run.emit("run.resumed", data)
+    await run.commit(run=True)
+    return await _drive(wf, run, cp, record.input, answer if has_answer else None, parent is None)
+
+
+async def replay(wf: Workflow, run_id: str, opts: RunOptions) -> RunResult:
+    """Re-drive a recorded run from its journal with no model or tool call.
+
+    Raises:
+        ReplayDivergence: the current code does something the recording does not hold.
+    """
+    store = opts.store or default_store()
+    record = await store.get_run(run_id)
+    if record is None:
+        raise RunNotFound(f"no run {run_id!r} in the store; list runs with `cadenza runs list`")
+    recording = Recording(await store.events(run_id))
+    p = record.principal
+    principal = Principal(p.get("user_id", "anonymous"), tuple(p.get("roles", ())), p.get("tenant"))
+    ctx = RunContext(record.id, record.thread, principal, opts.deps)
+    shadow = RunRecord(
+        record.id, record.workflow, record.kind, thread=record.thread, input=record.input,
+        principal=record.principal, created_at=record.created_at,
+    )  # fmt: skip
+    budget = BudgetTracker(Budget(max_steps=None))
+    run = RunHandle(store, shadow, ctx, budget, listeners=opts.listeners, recording=recording)
+    run.model_override = opts.model
+    try:
+        output, _ = await wf._drive(run, None, record.input, None)  # pyright: ignore[reportPrivateUsage]
+    except GraphInterrupt as sig:
+        return RunResult(run.run_id, "interrupted", interrupt=sig.prompt, usage=budget.usage)
+    # Anything recorded that the replay never produced is a divergence too.
+    rest = [e for e in recording.events[recording.pos :] if e.type != "run.finished"]
+    if rest:
+        e = rest[0]
+        raise ReplayDivergence(int(e.data.get("step", run.step)), "event", e.type, "end of run")
+    return RunResult(run.run_id, "finished", output, budget.usage, thread=record.thread)
+
+
+async def _drive(
+    wf: Workflow, run: RunHandle, cp: Checkpoint | None, input: Any, answer: Any, top: bool
+) -> RunResult:
+    rec = run.record
+    try:
+        output, output_json = await wf._drive(run, cp, input, answer)  # pyright: ignore[reportPrivateUsage]
+    except GraphInterrupt as sig:
+        rec.status = "interrupted"
+        run.emit("run.interrupted", {"step": run.step, "prompt": sig.prompt})
+        await run.commit(run=True)
+        if top:
+            return RunResult(
+                rec.id, "interrupted", usage=run.budget.usage, interrupt=sig.prompt, thread=rec.thread
+            )
+        raise
+    except BaseException as exc:
+        rec.status = "failed"
+        rec.error = {"type": type(exc).__name__, "message": str(exc)}
+        run.emit("run.failed", {"step": run.step, "error": rec.error})
+        try:
+            await run.commit(run=True)
+        except CadenzaError:
+            pass  # the original failure matters more than a failed status write
+        if isinstance(exc, RunError) and exc.run_id is None:
+            exc.run_id = rec.id
+        raise
+    rec.status = "finished"
+    rec.output = output_json
+    run.emit("run.finished", {"step": run.step, "usage": run.budget.usage.to_dict()})
+    await run.commit(run=True)
+    return RunResult(rec.id, "finished", output, run.budget.usage, thread=rec.thread)
+
+
+def _usage_so_far(events: list[Any]) -> Any:
+    u = Usage()
+    for e in events:
+        if e.type == "model.responded":
+            u.add(Usage.from_dict(e.data.get("usage", {})))
+    return u
+
+
+def _steps_so_far(events: list[Any]) -> int:
+    return sum(1 for e in events if e.type == "model.responded")
+
+
+def _tools_so_far(events: list[Any]) -> int:
+    return sum(1 for e in events if e.type == "tool.returned" and not e.data.get("refused"))
