@@ -17,8 +17,13 @@ from .stores._base import Batch, Checkpoint, Event, RunRecord, StateStore, ToolR
 
 Listener = Callable[[Event], None]
 
+_now = time.time
+
+NO_ANSWER: Any = object()
+"""Marks 'no human answer given' (None is a valid answer)."""
+
 # Event fields that legitimately differ between a recording and its replay.
-_VOLATILE = frozenset({"duration_ms", "child", "run_id", "replayed", "ts"})
+_VOLATILE = frozenset({"duration_ms", "child", "run_id", "replayed", "ts", "started"})
 
 
 class Recording:
@@ -71,6 +76,7 @@ class RunHandle:
     """The journal writer of one run. Every state change of a run goes through here."""
 
     __slots__ = (
+        "_commit_now",
         "batch",
         "budget",
         "ctx",
@@ -99,6 +105,7 @@ class RunHandle:
         msg_committed: int = 0,
     ) -> None:
         self.store = store
+        self._commit_now: Callable[[str, Batch], None] | None = getattr(store, "commit_now", None)
         self.record = record
         self.ctx = ctx
         self.budget = budget
@@ -120,12 +127,13 @@ class RunHandle:
     def emit(self, type_: str, data: dict[str, Any]) -> Event:
         """Append a typed event to the current step's batch (and tell the listeners)."""
         self.seq += 1
-        ev = Event(self.record.id, self.seq, type_, time.time(), data)
-        if self.recording is not None and type_ not in ("run.started", "run.resumed"):
+        ev = Event(self.record.id, self.seq, type_, _now(), data)
+        if self.replaying and type_ not in ("run.started", "run.resumed"):
             self._compare(ev)
         self.batch.events.append(ev)
-        for listener in self.listeners:
-            listener(ev)
+        if self.listeners:
+            for listener in self.listeners:
+                listener(ev)
         return ev
 
     def _compare(self, ev: Event) -> None:
@@ -142,7 +150,7 @@ class RunHandle:
                         got.get(k),
                     )
 
-    async def commit(
+    def stage(
         self,
         data: dict[str, Any] | None = None,
         *,
@@ -151,7 +159,7 @@ class RunHandle:
         messages: list[Message] | None = None,
         run: bool = False,
     ) -> None:
-        """Write the pending batch in one transaction, with a checkpoint when `data` is given.
+        """Add a checkpoint (and new messages, the run record) to the pending batch.
 
         Args:
             data: The workflow's position; becomes the checkpoint for `self.step`.
@@ -165,19 +173,30 @@ class RunHandle:
             self.record.updated_at = time.time()
             b.run = self.record
         if messages is not None and len(messages) > self.msg_committed:
-            b.messages = messages[self.msg_committed :]
-            b.msg_start = self.msg_committed
+            if b.messages:
+                b.messages.extend(messages[self.msg_committed :])
+            else:
+                b.messages = messages[self.msg_committed :]
+                b.msg_start = self.msg_committed
             self.msg_committed = len(messages)
         if data is not None:
             if messages is not None:
                 data["messages"] = len(messages)
             b.checkpoint = Checkpoint(self.step, data, state)
-            b.state_changed = state_changed
-        if self.replaying or not b:
-            self.batch = Batch()
+            b.state_changed = b.state_changed or state_changed
+
+    async def commit(self) -> None:
+        """Write the pending batch in one transaction (a no-op while replaying)."""
+        b = self.batch
+        if not b:
             return
         self.batch = Batch()
-        await self.store.commit(self.record.id, b)
+        if self.replaying:
+            return
+        if self._commit_now is not None:
+            self._commit_now(self.record.id, b)
+        else:
+            await self.store.commit(self.record.id, b)
 
     async def record_tool(self, rec: ToolRecord) -> None:
         """Durably write an idempotency record now, with the events pending before it."""

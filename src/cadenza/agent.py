@@ -168,7 +168,8 @@ class Agent(Generic[OutputT]):
         else:
             messages = await self._opening(run, input)
             retries = 0
-            await run.commit({"retries": 0}, messages=messages)
+            run.stage({"retries": 0}, messages=messages)
+            await run.commit()
         while True:
             last = messages[-1]
             if last.role == "assistant" and last.tool_calls:
@@ -178,12 +179,13 @@ class Agent(Generic[OutputT]):
                 if bad:
                     retries += 1
                     if retries > self.max_retries:
-                        await run.commit({"retries": retries}, messages=messages)
+                        run.stage({"retries": retries}, messages=messages)
                         raise ModelError(
                             f"agent {self.name!r}: the model made invalid tool calls "
                             f"{retries} times (last: {results[-1].content}); giving up"
                         )
-                await run.commit({"retries": retries}, messages=messages)
+                run.stage({"retries": retries}, messages=messages)
+                await run.commit()
                 continue
             if last.role == "assistant":
                 # A final answer that failed validation: ask for a corrected one.
@@ -204,11 +206,12 @@ class Agent(Generic[OutputT]):
                 )
             response = await self._call_model(run, model, messages)
             messages.append(response.message())
-            await run.commit({"retries": retries}, messages=messages)
+            run.stage({"retries": retries}, messages=messages)
             if not response.tool_calls:
                 ok, value, _ = self._parse_output(response.text)
                 if ok:
-                    return value, _output_json(value)
+                    return value, _output_json(value)  # committed with run.finished
+            await run.commit()
 
     async def _opening(self, run: RunHandle, input: Any) -> list[Message]:
         prompt, values = (input["prompt"], input.get("vars")) if isinstance(input, dict) else (input, None)

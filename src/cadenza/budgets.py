@@ -53,12 +53,11 @@ class BudgetTracker:
 
     def __init__(self, budget: Budget, usage: Usage | None = None, steps: int = 0, tool_calls: int = 0) -> None:
         self.budget = budget
-        self.usage = usage or Usage()
+        self.usage = usage if usage is not None else Usage()
         self.steps = steps
         self.tool_calls = tool_calls
-        self.deadline = (
-            time.monotonic() + budget.timeout if budget.timeout is not None else None
-        )
+        t = budget.timeout
+        self.deadline = None if t is None else time.monotonic() + t
 
     def remaining_time(self) -> float | None:
         """Seconds left before the deadline (None when there is none)."""

@@ -7,12 +7,13 @@ terminal events, and the translation of failures and interrupts into run status.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from ._run import Listener, Recording, RunHandle
+from ._run import NO_ANSWER, Listener, Recording, RunHandle
 from .budgets import Budget, BudgetTracker
 from .context import Principal, RunContext
 from .errors import (
@@ -90,23 +91,33 @@ class RunOptions:
     model: Any = None
 
 
+_ID_PREFIX = os.urandom(6).hex()
+_id_counter = itertools.count(1)
+
+
 def new_run_id() -> str:
-    """A fresh, unique run id."""
-    return uuid.uuid4().hex
+    """A fresh run id: 48 random bits per process, then a counter (cheaper than uuid4)."""
+    return f"{_ID_PREFIX}{next(_id_counter):08x}"
+
+
+_DEFAULT_BUDGET = Budget()
+_ANONYMOUS = Principal()
+_ANONYMOUS_JSON: dict[str, Any] = {"user_id": "anonymous", "roles": [], "tenant": None}
 
 
 async def start(wf: Workflow, input: Any, opts: RunOptions, parent: RunHandle | None = None) -> RunResult:
     """Start a new run of `wf` and drive it to the end (or to an interrupt)."""
     store = opts.store or (parent.store if parent else default_store())
     now = time.time()
-    principal = opts.principal or (parent.ctx.principal if parent else Principal())
+    principal = opts.principal or (parent.ctx.principal if parent else _ANONYMOUS)
     record = RunRecord(
         id=opts.run_id or new_run_id(), workflow=wf.name, kind=wf.kind,
         thread=opts.thread, ref=opts.ref, input=wf._input_json(input),  # pyright: ignore[reportPrivateUsage]
-        principal={"user_id": principal.user_id, "roles": list(principal.roles), "tenant": principal.tenant},
+        principal=_ANONYMOUS_JSON if principal is _ANONYMOUS else {
+            "user_id": principal.user_id, "roles": list(principal.roles), "tenant": principal.tenant},
         created_at=now, updated_at=now,
     )  # fmt: skip
-    budget = parent.budget if parent else BudgetTracker(opts.budget or Budget())
+    budget = parent.budget if parent else BudgetTracker(opts.budget or _DEFAULT_BUDGET)
     ctx = RunContext(record.id, opts.thread, principal, opts.deps if opts.deps is not None or parent is None else parent.ctx.deps)
     run = RunHandle(
         store, record, ctx, budget,
@@ -120,8 +131,8 @@ async def start(wf: Workflow, input: Any, opts: RunOptions, parent: RunHandle | 
         data["parent"] = parent.run_id
     run.model_override = opts.model if opts.model is not None else (parent.model_override if parent else None)
     run.emit("run.started", data)
-    await run.commit(run=True)
-    return await _drive(wf, run, None, input, None, parent is None)
+    run.stage(run=True)  # written with the workflow's first checkpoint
+    return await _drive(wf, run, None, input, NO_ANSWER, parent is None)
 
 
 async def resume(
@@ -162,8 +173,9 @@ async def resume(
     if has_answer:
         data["answer"] = answer
     run.emit("run.resumed", data)
-    await run.commit(run=True)
-    return await _drive(wf, run, cp, record.input, answer if has_answer else None, parent is None)
+    run.stage(run=True)
+    await run.commit()
+    return await _drive(wf, run, cp, record.input, answer if has_answer else NO_ANSWER, parent is None)
 
 
 async def replay(wf: Workflow, run_id: str, opts: RunOptions) -> RunResult:
@@ -188,7 +200,7 @@ async def replay(wf: Workflow, run_id: str, opts: RunOptions) -> RunResult:
     run = RunHandle(store, shadow, ctx, budget, listeners=opts.listeners, recording=recording)
     run.model_override = opts.model
     try:
-        output, _ = await wf._drive(run, None, record.input, None)  # pyright: ignore[reportPrivateUsage]
+        output, _ = await wf._drive(run, None, record.input, NO_ANSWER)  # pyright: ignore[reportPrivateUsage]
     except GraphInterrupt as sig:
         return RunResult(run.run_id, "interrupted", interrupt=sig.prompt, usage=budget.usage)
     # Anything recorded that the replay never produced is a divergence too.
@@ -208,7 +220,8 @@ async def _drive(
     except GraphInterrupt as sig:
         rec.status = "interrupted"
         run.emit("run.interrupted", {"step": run.step, "prompt": sig.prompt})
-        await run.commit(run=True)
+        run.stage(run=True)
+        await run.commit()
         if top:
             return RunResult(
                 rec.id, "interrupted", usage=run.budget.usage, interrupt=sig.prompt, thread=rec.thread
@@ -219,7 +232,8 @@ async def _drive(
         rec.error = {"type": type(exc).__name__, "message": str(exc)}
         run.emit("run.failed", {"step": run.step, "error": rec.error})
         try:
-            await run.commit(run=True)
+            run.stage(run=True)
+            await run.commit()
         except CadenzaError:
             pass  # the original failure matters more than a failed status write
         if isinstance(exc, RunError) and exc.run_id is None:
@@ -228,7 +242,8 @@ async def _drive(
     rec.status = "finished"
     rec.output = output_json
     run.emit("run.finished", {"step": run.step, "usage": run.budget.usage.to_dict()})
-    await run.commit(run=True)
+    run.stage(run=True)
+    await run.commit()
     return RunResult(rec.id, "finished", output, run.budget.usage, thread=rec.thread)
 
 

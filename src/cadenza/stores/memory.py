@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 
 from ..messages import Message
 from ._base import Batch, Checkpoint, Event, RunRecord, ToolRecord
@@ -24,8 +23,12 @@ class MemoryStore:
 
     async def commit(self, run_id: str, batch: Batch) -> None:
         """See `StateStore.commit`."""
+        self.commit_now(run_id, batch)
+
+    def commit_now(self, run_id: str, batch: Batch) -> None:
+        """`commit`, synchronously (this store never waits on I/O from another task)."""
         if batch.run is not None:
-            self._runs[run_id] = replace(batch.run)
+            self._runs[run_id] = _clone(batch.run)
         if batch.events:
             self._events.setdefault(run_id, []).extend(batch.events)
         if batch.messages:
@@ -44,14 +47,14 @@ class MemoryStore:
     async def get_run(self, run_id: str) -> RunRecord | None:
         """See `StateStore.get_run`."""
         run = self._runs.get(run_id)
-        return replace(run) if run is not None else None
+        return _clone(run) if run is not None else None
 
     async def list_runs(
         self, *, thread: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
         """See `StateStore.list_runs`."""
         runs = [
-            replace(r)
+            _clone(r)
             for r in self._runs.values()
             if (thread is None or r.thread == thread) and (status is None or r.status == status)
         ]
@@ -81,3 +84,10 @@ class MemoryStore:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def _clone(r: RunRecord) -> RunRecord:
+    return RunRecord(
+        r.id, r.workflow, r.kind, r.status, r.thread, r.ref, r.input, r.output, r.error,
+        r.principal, r.created_at, r.updated_at,
+    )  # fmt: skip

@@ -85,6 +85,10 @@ class SQLiteStore:
 
     async def commit(self, run_id: str, batch: Batch) -> None:
         """See `StateStore.commit`."""
+        self.commit_now(run_id, batch)
+
+    def commit_now(self, run_id: str, batch: Batch) -> None:
+        """`commit`, synchronously (this store never waits on I/O from another task)."""
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
