@@ -49,7 +49,13 @@ async def run_tool_calls(
         prepared.append(p)
         run.emit(
             "tool.called",
-            {"step": step, "index": i, "call_id": call.id, "name": call.name, "arguments": call.arguments},
+            {
+                "step": step,
+                "index": i,
+                "call_id": call.id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
         )
         t = tools.get(call.name)
         if t is None:
@@ -100,7 +106,9 @@ async def _execute(run: RunHandle, p: _Prepared, step: int) -> None:
         if rec is None:
             p.result = ToolResult(call.id, call.name, "no recorded result", True)
         else:
-            p.result = ToolResult(call.id, call.name, rec.data["content"], bool(rec.data["is_error"]))
+            p.result = ToolResult(
+                call.id, call.name, rec.data["content"], bool(rec.data["is_error"])
+            )
         return
     key = f"{run.run_id}:{step}:{p.index}"
     if t.side_effects:
@@ -149,9 +157,7 @@ async def _invoke(
         return ToolResult(call.id, call.name, to_json_result(value))
     except TimeoutError:
         took = time.perf_counter() - start
-        return ToolResult(
-            call.id, call.name, f"tool {t.name!r} timed out after {took:.1f}s", True
-        )
+        return ToolResult(call.id, call.name, f"tool {t.name!r} timed out after {took:.1f}s", True)
     except Exception as exc:
         return ToolResult(
             call.id, call.name, f"tool {t.name!r} failed: {type(exc).__name__}: {exc}", True

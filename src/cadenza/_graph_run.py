@@ -8,7 +8,7 @@ import inspect
 import json
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -50,7 +50,7 @@ class GraphRunner:
         self.first = first
         self.static = static
         self.state_type: type[BaseModel] = graph.state
-        self.validator: SchemaValidator = graph.state.__pydantic_validator__
+        self.validator = cast("SchemaValidator", graph.state.__pydantic_validator__)
         self.fields = frozenset(graph.state.model_fields)
         self.reducers: dict[str, Reducer] = {}
         # Fields whose values need no validation when their type is exactly the annotation.
@@ -59,8 +59,9 @@ class GraphRunner:
             for meta in info.metadata:
                 if isinstance(meta, Reducer):
                     self.reducers[fname] = meta
-            if info.annotation in (int, str, float, bool) and not info.metadata:
-                self.exact[fname] = info.annotation
+            ann: Any = info.annotation
+            if ann in (int, str, float, bool) and not info.metadata:
+                self.exact[fname] = ann
         self.box = _Answers([])
 
     # --- input ---------------------------------------------------------------------------
@@ -85,29 +86,41 @@ class GraphRunner:
                 f"{self.state_type.__name__}: {', '.join(sorted(self.fields))}); got plain text. "
                 "Pass JSON, or declare Graph(..., input_key='field') to accept text"
             )
-        raise ConfigError(f"graph input must be a {self.state_type.__name__}, a dict or text, got {input!r}")
+        raise ConfigError(
+            f"graph input must be a {self.state_type.__name__}, a dict or text, got {input!r}"
+        )
 
     async def _initial_state(self, run: RunHandle, input: Any) -> BaseModel:
-        data: Any = input
+        data: Any = self.input_json(input) if isinstance(input, str) else input
         if run.record.thread and not run.replaying:
-            for prior in await run.store.list_runs(thread=run.record.thread, status="finished", limit=20):
-                if prior.kind == "graph" and prior.workflow == self.graph.name and prior.id != run.run_id:
-                    data = {**(prior.output or {}), **input}
+            for prior in await run.store.list_runs(
+                thread=run.record.thread, status="finished", limit=20
+            ):
+                if (
+                    prior.kind == "graph"
+                    and prior.workflow == self.graph.name
+                    and prior.id != run.run_id
+                ):
+                    base = cast(dict[str, Any], prior.output or {})
+                    data = {**base, **cast(dict[str, Any], input)}
                     break
         if isinstance(data, self.state_type):
             return data
         try:
             return self.state_type.model_validate(data)
         except ValidationError as exc:
+            e = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in e["loc"]) or "(input)"
             raise ConfigError(
-                f"invalid input for graph {self.graph.name!r}: {exc.errors(include_url=False)[0]['msg']} "
-                f"at {'.'.join(str(p) for p in exc.errors()[0]['loc'])}"
+                f"invalid input for graph {self.graph.name!r}: {where}: {e['msg']}; expected the "
+                f"fields of {self.state_type.__name__}: {', '.join(sorted(self.fields))}"
             ) from None
 
     # --- the loop ------------------------------------------------------------------------
 
-    async def drive(self, run: RunHandle, cp: Checkpoint | None, input: Any, answer: Any) -> tuple[Any, Any]:
-        g = self.graph
+    async def drive(
+        self, run: RunHandle, cp: Checkpoint | None, input: Any, answer: Any
+    ) -> tuple[Any, Any]:
         if cp is not None:
             st = cp.state
             state = st if isinstance(st, self.state_type) else self.state_type.model_validate(st)
@@ -129,8 +142,13 @@ class GraphRunner:
             _current.reset(token)
 
     async def _loop(
-        self, run: RunHandle, state: BaseModel, node: str, visits: dict[str, int],
-        answers: list[Any], box: _Answers,
+        self,
+        run: RunHandle,
+        state: BaseModel,
+        node: str,
+        visits: dict[str, int],
+        answers: list[Any],
+        box: _Answers,
     ) -> tuple[Any, Any]:
         g = self.graph
         replaying = run.recording is not None
@@ -200,9 +218,9 @@ class GraphRunner:
         assert fn is not None
         if spec.is_async:
             return await fn(*args)
-        result = fn(*args)
-        if result is None or type(result) is dict or not inspect.isawaitable(result):
-            return result
+        result: Any = fn(*args)  # a sync node returning an awaitable is awaited too
+        if result is None or type(result) is dict or not inspect.isawaitable(result):  # pyright: ignore[reportUnknownArgumentType]
+            return cast(Any, result)
         return await result
 
     async def _child(
@@ -241,9 +259,11 @@ class GraphRunner:
             if upd is None:
                 continue
             if not isinstance(upd, dict):
-                raise RunError(f"fan-out node {node!r} must return dicts of field updates, got {upd!r}")
-            for k, v in upd.items():  # pyright: ignore[reportUnknownVariableType]
-                r = self.reducers.get(k)  # pyright: ignore[reportUnknownArgumentType]
+                raise RunError(
+                    f"fan-out node {node!r} must return dicts of field updates, got {upd!r}"
+                )
+            for k, v in cast(dict[str, Any], upd).items():
+                r = self.reducers.get(k)
                 if r is not None:
                     acc[k] = r.fn(acc[k] if k in acc else getattr(state, k), v)
                 elif k in acc:
@@ -255,7 +275,9 @@ class GraphRunner:
                     acc[k] = v
         return acc
 
-    def _apply(self, node: str, state: BaseModel, update: Any, reduce: bool) -> tuple[BaseModel, bool]:
+    def _apply(
+        self, node: str, state: BaseModel, update: Any, reduce: bool
+    ) -> tuple[BaseModel, bool]:
         if update is None:
             return state, False
         if isinstance(update, self.state_type):

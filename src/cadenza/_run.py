@@ -67,9 +67,7 @@ class Recording:
 
 
 def _norm(data: dict[str, Any]) -> dict[str, Any]:
-    return to_jsonable_python(
-        {k: v for k, v in data.items() if k not in _VOLATILE}, fallback=str
-    )
+    return to_jsonable_python({k: v for k, v in data.items() if k not in _VOLATILE}, fallback=str)
 
 
 class RunHandle:

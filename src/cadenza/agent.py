@@ -42,6 +42,7 @@ class Agent(Generic[OutputT]):
         settings: Sampling settings for every request.
         max_retries: How many invalid tool calls or invalid final answers the model may
             correct before the run fails.
+
     """
 
     def __init__(
@@ -117,7 +118,9 @@ class Agent(Generic[OutputT]):
         Raises:
             BudgetExceeded: a budget ran out (the run is checkpointed and can be resumed).
             OutputValidationError: the final answer never matched `output_type`.
+
         """
+        resolve_model(model or self.model)  # an unknown model fails before the run starts
         opts = runtime.RunOptions(
             store=store, thread=thread, principal=principal, deps=deps,
             budget=budget or self.budget, run_id=run_id, ref=ref, listeners=listeners,
@@ -140,9 +143,7 @@ class Agent(Generic[OutputT]):
         budget: Budget | None = None,
     ) -> runtime.RunResult:
         """Continue a crashed, failed or budget-stopped run from its last checkpoint."""
-        opts = runtime.RunOptions(
-            store=store, deps=deps, budget=budget or self.budget, model=model
-        )
+        opts = runtime.RunOptions(store=store, deps=deps, budget=budget or self.budget, model=model)
         return await runtime.resume(self, run_id, opts)
 
     async def replay(self, run_id: str, *, store: StateStore | None = None) -> runtime.RunResult:
@@ -150,6 +151,7 @@ class Agent(Generic[OutputT]):
 
         Raises:
             ReplayDivergence: the agent's code or configuration no longer matches the recording.
+
         """
         return await runtime.replay(self, run_id, runtime.RunOptions(store=store))
 
@@ -214,17 +216,25 @@ class Agent(Generic[OutputT]):
             await run.commit()
 
     async def _opening(self, run: RunHandle, input: Any) -> list[Message]:
-        prompt, values = (input["prompt"], input.get("vars")) if isinstance(input, dict) else (input, None)
-        system = render_instructions(self.instructions, run.ctx, cast(dict[str, Any] | None, values))
+        prompt: Any = input
+        values: dict[str, Any] | None = None
+        if isinstance(input, dict):
+            d = cast(dict[str, Any], input)
+            prompt, values = d["prompt"], d.get("vars")
+        system = render_instructions(self.instructions, run.ctx, values)
         messages: list[Message] = [Message.system(system)] if system else []
         if run.record.thread and not run.replaying:
             for prior in reversed(await run.store.list_runs(thread=run.record.thread, limit=1000)):
                 if prior.id != run.run_id and prior.status == "finished" and prior.kind == "agent":
-                    messages.extend(m for m in await run.store.messages(prior.id) if m.role != "system")
+                    messages.extend(
+                        m for m in await run.store.messages(prior.id) if m.role != "system"
+                    )
         messages.append(Message.user(str(prompt)))
         return messages
 
-    async def _call_model(self, run: RunHandle, model: Model, messages: list[Message]) -> ModelResponse:
+    async def _call_model(
+        self, run: RunHandle, model: Model, messages: list[Message]
+    ) -> ModelResponse:
         s = self.settings
         settings = ModelSettings(s.temperature, s.max_tokens, s.seed, s.extra)
         request = ModelRequest(list(messages), self._specs, self._schema, settings)
@@ -249,7 +259,9 @@ class Agent(Generic[OutputT]):
                     response = await asyncio.wait_for(model.request(request), max(left, 0.0))
             except TimeoutError:
                 b = run.budget.budget
-                raise BudgetExceeded("time", b.timeout or 0, b.timeout or 0, "during a model call") from None
+                raise BudgetExceeded(
+                    "time", b.timeout or 0, b.timeout or 0, "during a model call"
+                ) from None
         run.budget.after_model(response.usage)
         run.emit(
             "model.responded",
@@ -317,4 +329,3 @@ def _output_json(value: Any) -> Any:
 
 def _type_name(t: Any) -> str:
     return getattr(t, "__name__", repr(t))
-

@@ -51,7 +51,9 @@ class BudgetTracker:
 
     __slots__ = ("budget", "deadline", "steps", "tool_calls", "usage")
 
-    def __init__(self, budget: Budget, usage: Usage | None = None, steps: int = 0, tool_calls: int = 0) -> None:
+    def __init__(
+        self, budget: Budget, usage: Usage | None = None, steps: int = 0, tool_calls: int = 0
+    ) -> None:
         self.budget = budget
         self.usage = usage if usage is not None else Usage()
         self.steps = steps
@@ -73,6 +75,7 @@ class BudgetTracker:
 
         Raises:
             BudgetExceeded: steps, tokens, cost or time would be overspent.
+
         """
         b = self.budget
         if b.max_steps is not None and self.steps >= b.max_steps:
@@ -109,6 +112,7 @@ class BudgetTracker:
 
         Raises:
             BudgetExceeded: tool calls or time would be overspent.
+
         """
         b = self.budget
         if b.max_tool_calls is not None and self.tool_calls >= b.max_tool_calls:

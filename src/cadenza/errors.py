@@ -183,7 +183,7 @@ class StoreError(CadenzaError):
     """The state store failed, or holds data Cadenza cannot read."""
 
 
-class CadenzaSignal(BaseException):  # noqa: N818 - a signal, not an error
+class CadenzaSignal(BaseException):
     """Base of control-flow signals; never an error, never caught by `except Exception`."""
 
 

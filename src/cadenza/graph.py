@@ -1,5 +1,7 @@
-"""`Graph`: typed-state workflows — nodes, edges, routes, bounded loops, fan-out, sub-graphs,
-human interrupts — validated by `compile()` and drawn as Mermaid.
+"""`Graph`: typed-state workflows, validated by `compile()` and drawn as Mermaid.
+
+Nodes, static edges, conditional routes, bounded loops, fan-out with reducers, sub-graphs and
+human interrupts.
 
 ```python
 g = Graph(State)
@@ -15,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -56,7 +59,18 @@ class Reducer:
 class NodeSpec:
     """One node as declared (internal)."""
 
-    __slots__ = ("fan_out", "fn", "input", "is_async", "kind", "max_visits", "name", "output", "takes_ctx", "workflow")
+    __slots__ = (
+        "fan_out",
+        "fn",
+        "input",
+        "is_async",
+        "kind",
+        "max_visits",
+        "name",
+        "output",
+        "takes_ctx",
+        "workflow",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -79,6 +93,7 @@ class Graph(Generic[S]):
         name: Recorded with every run.
         max_steps: Bound on node executions per run (guards every loop).
         input_key: Field that a plain-text input fills (e.g. from the CLI).
+
     """
 
     def __init__(
@@ -125,6 +140,7 @@ class Graph(Generic[S]):
             input: For agents, the prompt from the state; for sub-graphs, the sub-graph's input.
             output: For agents and sub-graphs: a field name that receives the result, or
                 `(result, state) -> update`. A sub-graph over the same state needs neither.
+
         """
         if name in (START, END) or not name:
             self._problems.append(f"node name {name!r} is reserved or empty")
@@ -144,7 +160,8 @@ class Graph(Generic[S]):
                     "or a function) to connect it to the state"
                 )
         elif isinstance(action, Graph | CompiledGraph):
-            sub: CompiledGraph[Any] = action if isinstance(action, CompiledGraph) else action.compile()  # pyright: ignore[reportUnknownMemberType]
+            compiled: Any = action.compile() if isinstance(action, Graph) else action  # pyright: ignore[reportUnknownVariableType]
+            sub = cast("CompiledGraph[Any]", compiled)
             spec.kind, spec.workflow = "graph", sub
             if sub.graph.state is not self.state and (input is None or output is None):
                 self._problems.append(
@@ -178,6 +195,7 @@ class Graph(Generic[S]):
             source: The node the route leaves from.
             router: `state -> key`; the key is a node name (or END), or a key of `targets`.
             targets: The possible next nodes, or a mapping from router keys to nodes.
+
         """
         if source in self.routes:
             self._problems.append(f"node {source!r} has two routes; merge them into one router")
@@ -187,7 +205,7 @@ class Graph(Generic[S]):
 
     def add_sequence(self, *names: str) -> Graph[S]:
         """Static edges through `names` in order (a linear chain)."""
-        for a, b in zip(names, names[1:], strict=False):
+        for a, b in itertools.pairwise(names):
             self.add_edge(a, b)
         return self
 
@@ -198,6 +216,7 @@ class Graph(Generic[S]):
 
         Raises:
             GraphValidationError: listing every problem found, each naming its node.
+
         """
         problems = list(self._problems)
         known = set(self.nodes)
@@ -220,7 +239,9 @@ class Graph(Generic[S]):
                 problems.append(f"route from unknown node {src!r}")
             for key, dst in mapping.items():
                 if dst != END and dst not in known:
-                    problems.append(f"route from {src!r} has target {dst!r} (key {key!r}), which is not a node")
+                    problems.append(
+                        f"route from {src!r} has target {dst!r} (key {key!r}), which is not a node"
+                    )
             if src in nexts:
                 problems.append(
                     f"node {src!r} has both a route and a static edge; put every target in the route"
@@ -235,7 +256,9 @@ class Graph(Generic[S]):
             problems.append("no edge from START; add_edge(START, first_node)")
         for name in self.nodes:
             if name not in nexts and name not in self.routes:
-                problems.append(f"node {name!r} has no outgoing edge; add one (to END if it is the last)")
+                problems.append(
+                    f"node {name!r} has no outgoing edge; add one (to END if it is the last)"
+                )
         succ: dict[str, set[str]] = {n: set(d) for n, d in nexts.items()}
         for src, (_, mapping) in self.routes.items():
             succ.setdefault(src, set()).update(mapping.values())
@@ -283,7 +306,11 @@ def _mermaid(g: Graph[Any]) -> str:
         if n == END:
             return "__end__([END])"
         spec = g.nodes.get(n)
-        label = n if spec is None else {"agent": f"{n} (agent)", "graph": f"{n} (sub-graph)"}.get(spec.kind, n)
+        label = (
+            n
+            if spec is None
+            else {"agent": f"{n} (agent)", "graph": f"{n} (sub-graph)"}.get(spec.kind, n)
+        )
         if spec is not None and spec.fan_out is not None:
             label += " ×N"
         return f'{_mid(n)}["{label}"]'
@@ -359,6 +386,7 @@ class CompiledGraph(Generic[S]):
             run_id: Use this id instead of a fresh one.
             listeners: Called with every journal event as it happens.
             ref: How to load this graph again (`file.py:name`), for resume from the CLI.
+
         """
         from . import runtime
 
@@ -396,6 +424,7 @@ class CompiledGraph(Generic[S]):
 
         Raises:
             ReplayDivergence: the graph's code now behaves differently from the recording.
+
         """
         from . import runtime
 

@@ -134,7 +134,9 @@ def message_to_dict(m: Message) -> dict[str, Any]:
     if m.text:
         d["text"] = m.text
     if m.tool_calls:
-        d["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in m.tool_calls]
+        d["tool_calls"] = [
+            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in m.tool_calls
+        ]
     if m.tool_results:
         d["tool_results"] = [
             {"call_id": r.call_id, "name": r.name, "content": r.content, "is_error": r.is_error}

@@ -17,6 +17,7 @@ class Template:
 
     Args:
         text: The template; `{{` and `}}` stand for literal braces.
+
     """
 
     __slots__ = ("text", "variables")
@@ -35,6 +36,7 @@ class Template:
 
         Raises:
             ConfigError: a variable has no value.
+
         """
         missing = sorted(self.variables - set(values))
         if missing:

@@ -105,7 +105,9 @@ _ANONYMOUS = Principal()
 _ANONYMOUS_JSON: dict[str, Any] = {"user_id": "anonymous", "roles": [], "tenant": None}
 
 
-async def start(wf: Workflow, input: Any, opts: RunOptions, parent: RunHandle | None = None) -> RunResult:
+async def start(
+    wf: Workflow, input: Any, opts: RunOptions, parent: RunHandle | None = None
+) -> RunResult:
     """Start a new run of `wf` and drive it to the end (or to an interrupt)."""
     store = opts.store or (parent.store if parent else default_store())
     now = time.time()
@@ -118,7 +120,12 @@ async def start(wf: Workflow, input: Any, opts: RunOptions, parent: RunHandle | 
         created_at=now, updated_at=now,
     )  # fmt: skip
     budget = parent.budget if parent else BudgetTracker(opts.budget or _DEFAULT_BUDGET)
-    ctx = RunContext(record.id, opts.thread, principal, opts.deps if opts.deps is not None or parent is None else parent.ctx.deps)
+    ctx = RunContext(
+        record.id,
+        opts.thread,
+        principal,
+        opts.deps if opts.deps is not None or parent is None else parent.ctx.deps,
+    )
     run = RunHandle(
         store, record, ctx, budget,
         listeners=opts.listeners if opts.listeners is not None else (parent.listeners if parent else None),
@@ -129,14 +136,21 @@ async def start(wf: Workflow, input: Any, opts: RunOptions, parent: RunHandle | 
         data["thread"] = opts.thread
     if parent is not None:
         data["parent"] = parent.run_id
-    run.model_override = opts.model if opts.model is not None else (parent.model_override if parent else None)
+    run.model_override = (
+        opts.model if opts.model is not None else (parent.model_override if parent else None)
+    )
     run.emit("run.started", data)
     run.stage(run=True)  # written with the workflow's first checkpoint
     return await _drive(wf, run, None, input, NO_ANSWER, parent is None)
 
 
 async def resume(
-    wf: Workflow, run_id: str, opts: RunOptions, *, answer: Any = None, has_answer: bool = False,
+    wf: Workflow,
+    run_id: str,
+    opts: RunOptions,
+    *,
+    answer: Any = None,
+    has_answer: bool = False,
     parent: RunHandle | None = None,
 ) -> RunResult:
     """Continue a run from its last checkpoint (in this or any other process)."""
@@ -156,8 +170,15 @@ async def resume(
     seq = events[-1].seq if events else 0
     p = record.principal
     principal = Principal(p.get("user_id", "anonymous"), tuple(p.get("roles", ())), p.get("tenant"))
-    budget = parent.budget if parent else BudgetTracker(
-        opts.budget or Budget(), _usage_so_far(events), _steps_so_far(events), _tools_so_far(events)
+    budget = (
+        parent.budget
+        if parent
+        else BudgetTracker(
+            opts.budget or Budget(),
+            _usage_so_far(events),
+            _steps_so_far(events),
+            _tools_so_far(events),
+        )
     )
     ctx = RunContext(record.id, record.thread, principal, opts.deps)
     run = RunHandle(
@@ -166,7 +187,9 @@ async def resume(
         seq=seq, msg_committed=int(cp.data.get("messages", 0)) if cp else 0,
     )  # fmt: skip
     run.checkpoint_of(cp)
-    run.model_override = opts.model if opts.model is not None else (parent.model_override if parent else None)
+    run.model_override = (
+        opts.model if opts.model is not None else (parent.model_override if parent else None)
+    )
     record.status = "running"
     record.error = None
     data: dict[str, Any] = {"from_step": cp.seq if cp else 0}
@@ -175,7 +198,9 @@ async def resume(
     run.emit("run.resumed", data)
     run.stage(run=True)
     await run.commit()
-    return await _drive(wf, run, cp, record.input, answer if has_answer else NO_ANSWER, parent is None)
+    return await _drive(
+        wf, run, cp, record.input, answer if has_answer else NO_ANSWER, parent is None
+    )
 
 
 async def replay(wf: Workflow, run_id: str, opts: RunOptions) -> RunResult:
@@ -183,6 +208,7 @@ async def replay(wf: Workflow, run_id: str, opts: RunOptions) -> RunResult:
 
     Raises:
         ReplayDivergence: the current code does something the recording does not hold.
+
     """
     store = opts.store or default_store()
     record = await store.get_run(run_id)
@@ -224,7 +250,11 @@ async def _drive(
         await run.commit()
         if top:
             return RunResult(
-                rec.id, "interrupted", usage=run.budget.usage, interrupt=sig.prompt, thread=rec.thread
+                rec.id,
+                "interrupted",
+                usage=run.budget.usage,
+                interrupt=sig.prompt,
+                thread=rec.thread,
             )
         raise
     except BaseException as exc:

@@ -13,7 +13,7 @@ import inspect
 import itertools
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +70,7 @@ class ScriptedModel:
         repeat: Start the script again when it runs out instead of failing.
         delay: Seconds to wait before every response.
         price: (input, output) US dollars per token, for cost budgets.
+
     """
 
     def __init__(
@@ -158,9 +159,7 @@ class ScriptedModel:
         usage = Usage(estimate_tokens(request), out, 0.0, 1)
         if self.price:
             usage.cost = usage.input_tokens * self.price[0] + out * self.price[1]
-        return ModelResponse(
-            text, calls, usage, self._name, "tool_calls" if calls else "stop"
-        )
+        return ModelResponse(text, calls, usage, self._name, "tool_calls" if calls else "stop")
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         """The same answer as `request`, as text deltas and tool-call events."""
@@ -216,6 +215,7 @@ class ToolMock:
     """Arguments of each call, in order."""
 
     async def __call__(self, name: str, kwargs: dict[str, Any]) -> Any:
+        """Record the call and produce the mocked result."""
         self.calls.append(dict(kwargs))
         if self.side_effect is None:
             return self.returns
@@ -228,7 +228,7 @@ class ToolMock:
 @contextmanager
 def mock_tool(
     name: str, *, returns: Any = None, side_effect: Callable[..., Any] | None = None
-) -> Iterator[ToolMock]:
+) -> Generator[ToolMock]:
     """Replace the tool called `name` in every run started inside the `with` block.
 
     Arguments are still validated against the real tool's schema before the mock sees them.

@@ -93,6 +93,7 @@ class Tool:
 
         Raises:
             pydantic.ValidationError: the arguments do not satisfy the schema.
+
         """
         inst = self._validator.validate_python(arguments)
         return {k: getattr(inst, k) for k in self._arg_names}
@@ -160,6 +161,7 @@ def tool(
         side_effects: The tool changes the world: its completed calls are journaled and never
             executed twice, even across crashes.
         timeout: Seconds before the call is abandoned with an error result (None: no limit).
+
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:
@@ -204,6 +206,7 @@ class ToolRegistry:
 
         Raises:
             ToolVersionError: no such tool, or no version satisfies the constraint.
+
         """
         if isinstance(requirement, Tool):
             return requirement
@@ -273,8 +276,9 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
         indent = len(line) - len(line.lstrip())
         m = _ARG_LINE.match(line.strip())
         if m and (current is None or indent <= base_indent):
-            current, base_indent = m.group(1).lstrip("*"), indent
-            args[current] = m.group(2).strip()
+            name = m.group(1).lstrip("*")
+            current, base_indent = name, indent
+            args[name] = m.group(2).strip()
         elif current is not None:
             args[current] = f"{args[current]} {line.strip()}".strip()
     return " ".join(summary_lines), args
@@ -310,12 +314,12 @@ def _args_model(
             continue
         default = ... if param.default is param.empty else param.default
         fields[pname] = (annotation, Field(default, description=arg_docs.get(pname)))
-    model = create_model(  # pyright: ignore[reportCallIssue, reportUnknownVariableType]
+    model: type[BaseModel] = create_model(  # pyright: ignore[reportCallIssue, reportUnknownVariableType]
         f"{name}_arguments",
         __config__=ConfigDict(extra="forbid"),
         **fields,
     )
-    return ctx_param, typing.cast(type[BaseModel], model)
+    return ctx_param, model
 
 
 def _strip_titles(schema: Any) -> None:

@@ -88,7 +88,15 @@ class ToolRecord:
 class Batch:
     """Everything one step writes, committed in one transaction."""
 
-    __slots__ = ("checkpoint", "events", "messages", "msg_start", "run", "state_changed", "tool_records")
+    __slots__ = (
+        "checkpoint",
+        "events",
+        "messages",
+        "msg_start",
+        "run",
+        "state_changed",
+        "tool_records",
+    )
 
     def __init__(self) -> None:
         self.run: RunRecord | None = None

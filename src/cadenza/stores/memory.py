@@ -11,8 +11,10 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore:
-    """In-process `StateStore`. Graph state is kept by reference: nodes return updates, they
-    never mutate the state they are given."""
+    """In-process `StateStore`.
+
+    Graph state is kept by reference: nodes return updates, they never mutate their input.
+    """
 
     def __init__(self) -> None:
         self._runs: dict[str, RunRecord] = {}

@@ -60,10 +60,14 @@ class SQLiteStore:
         path: The database file; parent folders are created.
         durability: "crash" (default) survives a killed process; "power" also fsyncs every
             commit to survive power loss, at a cost of a few milliseconds per step.
+
     """
 
     def __init__(
-        self, path: str | Path = ".cadenza/cadenza.db", *, durability: Literal["crash", "power"] = "crash"
+        self,
+        path: str | Path = ".cadenza/cadenza.db",
+        *,
+        durability: Literal["crash", "power"] = "crash",
     ) -> None:
         self.path = Path(path)
         try:

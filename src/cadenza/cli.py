@@ -1,0 +1,357 @@
+"""The `cadenza` command: run workflows, inspect, resume and replay runs, draw graphs."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import CadenzaError, RunError, UserError
+from .stores import StateStore, open_store
+from .stores._base import Event
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="cadenza",
+    help="Agentic workflow orchestration: run agents and graphs durably, inspect their runs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+runs_app = typer.Typer(help="List, inspect, resume and replay runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--store", help="Store URL: a SQLite path, sqlite:///path or memory: "
+                 "(default: $CADENZA_STORE or .cadenza/cadenza.db)."),
+]  # fmt: skip
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def _call(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; turn every failure into one readable line and an exit code."""
+    try:
+        return asyncio.run(_awaited(fn))
+    except typer.Exit:
+        raise
+    except UserError as exc:
+        _fail(str(exc), 2)
+    except RunError as exc:
+        rid = f" (run {exc.run_id})" if exc.run_id else ""
+        _fail(f"{type(exc).__name__}{rid}: {exc}", 1)
+    except CadenzaError as exc:
+        _fail(f"{type(exc).__name__}: {exc}", 1)
+    except KeyboardInterrupt:
+        _fail("interrupted; resume the run with `cadenza runs resume ID`", 130)
+    except Exception as exc:
+        if os.environ.get("CADENZA_DEBUG"):
+            raise
+        _fail(
+            f"unexpected {type(exc).__name__}: {exc} (set CADENZA_DEBUG=1 to see the traceback)",
+            1,
+        )
+
+
+async def _awaited(fn: Callable[[], Awaitable[T]]) -> T:
+    return await fn()
+
+
+def _store(url: str | None) -> StateStore:
+    try:
+        return open_store(url)
+    except CadenzaError as exc:
+        _fail(str(exc))
+
+
+def _load(ref: str) -> Any:
+    from ._loader import load_workflow
+
+    try:
+        return load_workflow(ref)
+    except CadenzaError as exc:
+        _fail(str(exc))
+
+
+def _jsonable(value: Any) -> Any:
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(value, fallback=str)
+
+
+def _print_result(result: Any, as_json: bool) -> None:
+    if as_json:
+        out.print_json(
+            data={
+                "run_id": result.run_id,
+                "status": result.status,
+                "output": _jsonable(result.output),
+                "interrupt": _jsonable(result.interrupt),
+                "usage": result.usage.to_dict(),
+                "thread": result.thread,
+            }
+        )
+        return
+    if result.status == "interrupted":
+        out.print(f"[yellow]waiting for input:[/] {_jsonable(result.interrupt)}")
+        out.print(f"answer with: cadenza runs resume {result.run_id} --answer '...'", style="dim")
+        return
+    output = result.output
+    if isinstance(output, str):
+        out.print(output, markup=False)
+    else:
+        out.print_json(data=_jsonable(output))
+    u = result.usage
+    err.print(
+        f"run {result.run_id} · {u.requests} model call(s) · {u.total_tokens} tokens",
+        style="dim",
+    )
+
+
+@app.command()
+def run(
+    workflow: Annotated[str, typer.Argument(help="path/file.py:name or package.module:name")],
+    input: Annotated[
+        str, typer.Argument(help="The prompt (agents) or input (graphs: JSON or text).")
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Override the workflow's model, e.g. scripted:echo."),
+    ] = None,
+    thread: Annotated[
+        str | None, typer.Option("--thread", "-t", help="Conversation thread to continue.")
+    ] = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """Run a workflow on one input."""
+    wf = _load(workflow)
+    st = _store(store)
+    target, _, name = workflow.rpartition(":")
+    ref = (
+        f"{os.path.abspath(target)}:{name}" if target.endswith(".py") or "/" in target else workflow
+    )
+    result = _call(lambda: wf.run(input, store=st, thread=thread, model=model, ref=ref))
+    _print_result(result, as_json)
+
+
+@app.command()
+def graph(
+    workflow: Annotated[str, typer.Argument(help="path/file.py:name or package.module:name")],
+) -> None:
+    """Print a graph workflow as a Mermaid flowchart."""
+    wf = _load(workflow)
+    if not hasattr(wf, "to_mermaid"):
+        _fail(f"{workflow!r} is an agent, not a graph; only graphs can be drawn")
+    out.print(wf.to_mermaid(), markup=False)
+
+
+@runs_app.command("list")
+def runs_list(
+    thread: Annotated[str | None, typer.Option(help="Only runs of this thread.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="running, interrupted, finished or failed.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """List recent runs, newest first."""
+    st = _store(store)
+    runs = _call(lambda: st.list_runs(thread=thread, status=status, limit=limit))
+    if as_json:
+        out.print_json(data=[_jsonable(r) for r in runs])
+        return
+    if not runs:
+        err.print("no runs yet; start one with `cadenza run WORKFLOW INPUT`")
+        return
+    table = Table(box=None)
+    for col in ("run", "workflow", "status", "started", "thread"):
+        table.add_column(col, no_wrap=True)
+    colors = {"finished": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
+    for r in runs:
+        table.add_row(
+            r.id, f"{r.workflow} ({r.kind})", f"[{colors.get(r.status, 'white')}]{r.status}[/]",
+            _time(r.created_at), r.thread or "",
+        )  # fmt: skip
+    out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """Show a run's timeline."""
+    st = _store(store)
+
+    async def load() -> tuple[Any, list[Event]]:
+        from .errors import RunNotFound
+
+        rec = await st.get_run(run_id)
+        if rec is None:
+            raise RunNotFound(f"no run {run_id!r} in the store; list runs with `cadenza runs list`")
+        return rec, await st.events(run_id)
+
+    rec, events = _call(load)
+    if as_json:
+        out.print_json(data={"run": _jsonable(rec), "events": [_jsonable(e) for e in events]})
+        return
+    out.print(f"[bold]run {rec.id}[/]  {rec.workflow} ({rec.kind})  status: {rec.status}")
+    if rec.thread:
+        out.print(f"thread: {rec.thread}")
+    start = events[0].ts if events else rec.created_at
+    for e in events:
+        out.print(f"  [dim]+{(e.ts - start) * 1000:8.1f} ms[/]  {_describe(e)}")
+    if rec.error:
+        out.print(f"[red]error:[/] {rec.error['type']}: {rec.error['message']}", markup=True)
+
+
+@runs_app.command("resume")
+def runs_resume(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    answer: Annotated[
+        str | None,
+        typer.Option("--answer", help="Answer for a run waiting on human input (JSON or text)."),
+    ] = None,
+    workflow: Annotated[
+        str | None,
+        typer.Option("--workflow", help="Load the workflow from here instead of the run's record."),
+    ] = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """Resume a crashed, failed or interrupted run from its last checkpoint."""
+    st = _store(store)
+    wf = _load(workflow or _ref_of(st, run_id))
+    kwargs: dict[str, Any] = {"store": st}
+    if answer is not None:
+        if wf.kind != "graph":
+            _fail("--answer is for graph runs waiting on interrupt(); agents resume without it")
+        kwargs["answer"] = _parse_answer(answer)
+    result = _call(lambda: wf.resume(run_id, **kwargs))
+    _print_result(result, as_json)
+
+
+@runs_app.command("replay")
+def runs_replay(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    workflow: Annotated[
+        str | None,
+        typer.Option("--workflow", help="Replay against this workflow (e.g. changed code)."),
+    ] = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """Replay a recorded run with no model or tool call; report the first divergence."""
+    st = _store(store)
+    wf = _load(workflow or _ref_of(st, run_id))
+    result = _call(lambda: wf.replay(run_id, store=st))
+    if not as_json:
+        err.print("[green]replay matches the recording[/]")
+    _print_result(result, as_json)
+
+
+@app.command()
+def trace(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    otel: Annotated[
+        bool,
+        typer.Option("--otel", help="Also export through OpenTelemetry (needs cadenza[otel])."),
+    ] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Print a run's trace as JSONL spans (run → node → model / tool calls)."""
+    from .tracing import export_otel, to_jsonl, trace_run
+
+    st = _store(store)
+    spans = _call(lambda: trace_run(st, run_id))
+    if not spans:
+        _fail(f"no run {run_id!r} in the store; list runs with `cadenza runs list`")
+    sys.stdout.write(to_jsonl(spans))
+    if otel:
+        export_otel(spans)
+
+
+def _ref_of(st: StateStore, run_id: str) -> str:
+    rec = _call(lambda: st.get_run(run_id))
+    if rec is None:
+        _fail(f"no run {run_id!r} in the store; list runs with `cadenza runs list`")
+    if not rec.ref:
+        _fail(
+            f"run {run_id} does not record where its workflow lives; pass --workflow path/file.py:name"
+        )
+    return rec.ref
+
+
+def _parse_answer(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _time(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short(value: Any, n: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _describe(e: Event) -> str:
+    d = e.data
+    t = e.type
+    if t == "run.started":
+        return f"[bold]started[/] {d.get('workflow')} with {_short(d.get('input'))}"
+    if t == "run.resumed":
+        extra = f" with answer {_short(d['answer'])}" if "answer" in d else ""
+        return f"[bold]resumed[/] from step {d.get('from_step')}{extra}"
+    if t == "node.finished":
+        child = f" (child run {d['child']})" if d.get("child") else ""
+        return f"step {d['step']}: node [cyan]{d['node']}[/] → {_short(d.get('update'), 60)} → next {d['next']}{child}"
+    if t == "model.requested":
+        return f"step {d['step']}: ask {d.get('model')} ({d.get('messages')} messages)"
+    if t == "model.responded":
+        u = d.get("usage", {})
+        what = (
+            "calls " + ", ".join(c["name"] for c in d.get("tool_calls", []))
+            if d.get("tool_calls") else f"answers {_short(d.get('text'))}"
+        )  # fmt: skip
+        return f"step {d['step']}: model {what} ({u.get('input_tokens', 0)}+{u.get('output_tokens', 0)} tokens)"
+    if t == "tool.called":
+        return f"step {d['step']}: call [magenta]{d['name']}[/]({_short(d.get('arguments'), 60)})"
+    if t == "tool.returned":
+        mark = "[red]error[/]" if d.get("is_error") else "ok"
+        return f"step {d['step']}: {d['name']} {mark}: {_short(d.get('content'), 60)}"
+    if t == "run.interrupted":
+        return f"[yellow]waiting for input[/]: {_short(d.get('prompt'))}"
+    if t == "run.failed":
+        return f"[red]failed[/]: {d['error']['type']}: {_short(d['error']['message'], 120)}"
+    if t == "run.finished":
+        return "[green]finished[/]"
+    return f"{t} {_short(d)}"
+
+
+def main() -> None:
+    """Entry point of the `cadenza` command."""
+    app()
