@@ -153,7 +153,12 @@ async def _invoke(
                 else None
             )
             coro = t.invoke(kwargs, ctx)
-        value = await (coro if timeout is None else asyncio.wait_for(coro, timeout))
+        if timeout is None:
+            value = await coro
+        else:
+            # asyncio.timeout needs no extra task, unlike wait_for: far cheaper per call.
+            async with asyncio.timeout(timeout):
+                value = await coro
         return ToolResult(call.id, call.name, to_json_result(value))
     except TimeoutError:
         took = time.perf_counter() - start

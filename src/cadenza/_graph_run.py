@@ -136,12 +136,18 @@ class GraphRunner:
             answers.append(answer)
         box = _Answers(run.recording.answers) if run.recording is not None else _Answers(answers)
         token = _current.set(box)
+        g = self.graph
+        replaying = run.recording is not None
         try:
-            return await self._loop(run, state, node, visits, answers, box)
+            while node != END:
+                state, node, visits = await self._step(run, state, node, visits, answers, box, replaying)
+                if answers:
+                    answers = []
         finally:
             _current.reset(token)
+        return state, state.model_dump(mode="json")
 
-    async def _loop(
+    async def _step(
         self,
         run: RunHandle,
         state: BaseModel,
@@ -149,52 +155,58 @@ class GraphRunner:
         visits: dict[str, int],
         answers: list[Any],
         box: _Answers,
-    ) -> tuple[Any, Any]:
+        replaying: bool,
+    ) -> tuple[BaseModel, str, dict[str, int]]:
+        """Run one node; stage its event and checkpoint (committed unless it was the last)."""
         g = self.graph
-        replaying = run.recording is not None
-        while node != END:
-            spec = g.nodes[node]
-            step = run.step + 1
-            if step > g.max_steps:
-                raise LoopLimitExceeded(
-                    f"graph {g.name!r} ran {g.max_steps} steps without reaching END (last node "
-                    f"{node!r}); fix the loop's exit condition or raise Graph(max_steps=...)"
-                )
-            v = visits.get(node, 0)
-            if spec.max_visits is not None and v >= spec.max_visits:
-                raise LoopLimitExceeded(
-                    f"node {node!r} already ran {v} times, its max_visits; fix the loop's exit "
-                    "condition or raise max_visits"
-                )
-            run.step = step
-            started = time.time()
-            if not replaying:
-                box.answers, box.pos = answers, 0
-            try:
+        spec = g.nodes[node]
+        step = run.step + 1
+        if step > g.max_steps:
+            raise LoopLimitExceeded(
+                f"graph {g.name!r} ran {g.max_steps} steps without reaching END (last node "
+                f"{node!r}); fix the loop's exit condition or raise Graph(max_steps=...)"
+            )
+        v = visits.get(node, 0)
+        if spec.max_visits is not None and v >= spec.max_visits:
+            raise LoopLimitExceeded(
+                f"node {node!r} already ran {v} times, its max_visits; fix the loop's exit "
+                "condition or raise max_visits"
+            )
+        run.step = step
+        started = time.time()
+        if not replaying:
+            box.answers, box.pos = answers, 0
+        child: str | None = None
+        try:
+            if spec.simple:
+                fn: Any = spec.fn
+                update: Any = await fn(state) if spec.is_async else fn(state)
+                if update is not None and type(update) is not dict and inspect.isawaitable(update):
+                    update = await update
+            else:
                 update, child = await self._execute(spec, run, state, step, answers)
-            except GraphInterrupt:
-                run.step = step - 1
-                run.stage(
-                    {"next": node, "visits": visits, "answers": answers},
-                    state=state, state_changed=True,
-                )  # fmt: skip
-                raise
-            state, changed = self._apply(node, state, update, spec.fan_out is None)
-            visits[node] = v + 1
-            nxt = self._next(node, state)
-            data: dict[str, Any] = {
-                "step": step, "node": node, "update": _update_json(update), "next": nxt,
-                "started": started,
-            }  # fmt: skip
-            if child is not None:
-                data["child"] = child
-            run.emit("node.finished", data)
-            run.stage({"next": nxt, "visits": visits}, state=state, state_changed=changed)
-            answers = []
-            if nxt != END:
-                await run.commit()
-            node = nxt
-        return state, state.model_dump(mode="json")
+        except GraphInterrupt:
+            run.step = step - 1
+            run.stage(
+                {"next": node, "visits": visits, "answers": answers},
+                state=state, state_changed=True,
+            )  # fmt: skip
+            raise
+        state, changed = self._apply(node, state, update, spec.fan_out is None)
+        visits = {**visits, node: v + 1}  # a new dict: the staged checkpoint keeps the old one
+        nxt = self._next(node, state)
+        data: dict[str, Any] = {
+            "step": step, "node": node,
+            "update": update if type(update) is dict else _update_json(update),
+            "next": nxt, "started": started,
+        }  # fmt: skip
+        if child is not None:
+            data["child"] = child
+        run.emit("node.finished", data)
+        run.stage_checkpoint({"next": nxt, "visits": visits}, state, changed)
+        if nxt != END:
+            await run.commit()
+        return state, nxt, visits
 
     async def _execute(
         self, spec: NodeSpec, run: RunHandle, state: BaseModel, step: int, answers: list[Any]
@@ -307,7 +319,10 @@ class GraphRunner:
         # A shallow copy without re-validating the unchanged fields (model_copy is 3x slower).
         new = _new(self.state_type)
         _set(new, "__dict__", values)
-        _set(new, "__pydantic_fields_set__", state.__pydantic_fields_set__ | update.keys())  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
+        fields_set = state.__pydantic_fields_set__
+        if slow or not update.keys() <= fields_set:  # pyright: ignore[reportUnknownMemberType]
+            fields_set = fields_set | update.keys()  # pyright: ignore[reportUnknownMemberType]
+        _set(new, "__pydantic_fields_set__", fields_set)
         _set(new, "__pydantic_extra__", state.__pydantic_extra__)
         private = state.__pydantic_private__
         _set(new, "__pydantic_private__", None if private is None else dict(private))

@@ -183,26 +183,29 @@ class RunHandle:
             b.checkpoint = Checkpoint(self.step, data, state)
             b.state_changed = b.state_changed or state_changed
 
+    def stage_checkpoint(self, data: dict[str, Any], state: Any, state_changed: bool) -> None:
+        """`stage` for the common case: a checkpoint with state and no messages."""
+        b = self.batch
+        b.checkpoint = Checkpoint(self.step, data, state)
+        if state_changed:
+            b.state_changed = True
+
     async def commit(self) -> None:
         """Write the pending batch in one transaction (a no-op while replaying)."""
         b = self.batch
-        if not b:
-            return
-        self.batch = Batch()
-        if self.replaying:
-            return
-        if self._commit_now is not None:
-            self._commit_now(self.record.id, b)
-        else:
-            await self.store.commit(self.record.id, b)
+        if not self.replaying and (b.events or b.checkpoint or b.run or b.tool_records):
+            if self._commit_now is not None:
+                self._commit_now(self.record.id, b)
+            else:
+                await self.store.commit(self.record.id, b)
+        b.reset()
 
     async def record_tool(self, rec: ToolRecord) -> None:
         """Durably write an idempotency record now, with the events pending before it."""
         if self.replaying:
             return
         self.batch.tool_records.append(rec)
-        b, self.batch = self.batch, Batch()
-        await self.store.commit(self.record.id, b)
+        await self.commit()
 
     def checkpoint_of(self, cp: Checkpoint | None) -> None:
         """Position the step counter after a resumed checkpoint."""

@@ -256,7 +256,8 @@ class Agent(Generic[OutputT]):
                 if left is None:
                     response = await model.request(request)
                 else:
-                    response = await asyncio.wait_for(model.request(request), max(left, 0.0))
+                    async with asyncio.timeout(max(left, 0.0)):
+                        response = await model.request(request)
             except TimeoutError:
                 b = run.budget.budget
                 raise BudgetExceeded(

@@ -38,11 +38,17 @@ def estimate_tokens(request: ModelRequest) -> int:
     for m in request.messages:
         chars += len(m.text) + 8
         for c in m.tool_calls:
-            chars += len(c.name) + len(str(c.arguments))
+            chars += len(c.name) + 16 * len(c.arguments)
         for r in m.tool_results:
-            chars += len(str(r.content)) + 8
+            content = r.content
+            if isinstance(content, str):
+                chars += len(content) + 8
+            elif isinstance(content, dict | list):
+                chars += len(str(content)) + 8  # pyright: ignore[reportUnknownArgumentType]
+            else:
+                chars += 16
     for t in request.tools:
-        chars += len(t.name) + len(t.description) + len(str(t.parameters))
+        chars += t.size
     return chars // 4 + 1
 
 

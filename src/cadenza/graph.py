@@ -60,6 +60,7 @@ class NodeSpec:
     """One node as declared (internal)."""
 
     __slots__ = (
+        "simple",
         "fan_out",
         "fn",
         "input",
@@ -83,6 +84,8 @@ class NodeSpec:
         self.fan_out: Callable[[Any], Sequence[Any]] | None = None
         self.input: Callable[[Any], Any] | None = None
         self.output: str | Callable[[Any, Any], Any] | None = None
+        self.simple = False
+        """A plain `fn(state)` function node: the executor calls it directly."""
 
 
 class Graph(Generic[S]):
@@ -172,6 +175,7 @@ class Graph(Generic[S]):
             spec.is_async = inspect.iscoroutinefunction(action)
             n_params = len(inspect.signature(action).parameters)
             spec.takes_ctx = n_params >= (3 if fan_out else 2)
+            spec.simple = fan_out is None and not spec.takes_ctx
         else:
             self._problems.append(f"node {name!r}: {action!r} is not a function, Agent or Graph")
             return self

@@ -40,6 +40,14 @@ class ToolSpec:
     """What the tool does, for the model."""
     parameters: dict[str, Any]
     """JSON Schema (an object schema) of the arguments."""
+    size: int = field(default=0, compare=False, repr=False)
+    """Characters of the spec when serialised (computed; used for token estimates)."""
+
+    def __post_init__(self) -> None:
+        if not self.size:
+            object.__setattr__(
+                self, "size", len(self.name) + len(self.description) + len(str(self.parameters))
+            )
 
 
 @dataclass(slots=True)

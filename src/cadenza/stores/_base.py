@@ -107,10 +107,17 @@ class Batch:
         self.state_changed = False
         self.tool_records: list[ToolRecord] = []
 
-    def __bool__(self) -> bool:
-        return bool(
-            self.run or self.events or self.messages or self.checkpoint or self.tool_records
-        )
+    def reset(self) -> None:
+        """Empty the batch for the next step (stores never keep references to its lists)."""
+        self.run = None
+        self.events.clear()
+        if self.messages:
+            self.messages = []
+        self.msg_start = 0
+        self.checkpoint = None
+        self.state_changed = False
+        if self.tool_records:
+            self.tool_records = []
 
 
 @runtime_checkable
@@ -119,6 +126,8 @@ class StateStore(Protocol):
 
     async def commit(self, run_id: str, batch: Batch) -> None:
         """Atomically write a step: run record, events, new messages, checkpoint, tool records.
+
+        The batch is reused after the call returns: copy what you keep, never hold its lists.
 
         `batch.messages` are appended at index `batch.msg_start`; `batch.checkpoint.state` is
         stored only when `batch.state_changed` (otherwise the previous state stands).

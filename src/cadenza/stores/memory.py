@@ -32,7 +32,11 @@ class MemoryStore:
         if batch.run is not None:
             self._runs[run_id] = _clone(batch.run)
         if batch.events:
-            self._events.setdefault(run_id, []).extend(batch.events)
+            events = self._events.get(run_id)
+            if events is None:
+                self._events[run_id] = list(batch.events)
+            else:
+                events.extend(batch.events)
         if batch.messages:
             log = self._messages.setdefault(run_id, [])
             del log[batch.msg_start :]
