@@ -76,9 +76,8 @@ async def run_tool_calls(
             continue
         p.tool = t
     runnable = [p for p in prepared if p.result is None]
-    if not run.replaying:
-        for _ in runnable:
-            run.budget.before_tool()
+    if runnable and not run.replaying:
+        run.budget.before_tools(len(runnable))
     if len(runnable) == 1:
         await _execute(run, runnable[0], step)
     elif runnable:
@@ -88,11 +87,13 @@ async def run_tool_calls(
         r = p.result
         assert r is not None
         out.append(r)
-        run.emit(
-            "tool.returned",
-            {"step": step, "index": p.index, "call_id": r.call_id, "name": r.name,
-             "content": r.content, "is_error": r.is_error},
-        )  # fmt: skip
+        data = {
+            "step": step, "index": p.index, "call_id": r.call_id, "name": r.name,
+            "content": r.content, "is_error": r.is_error,
+        }  # fmt: skip
+        if p.tool is None:
+            data["refused"] = True  # never executed: unknown tool or invalid arguments
+        run.emit("tool.returned", data)
     return out
 
 

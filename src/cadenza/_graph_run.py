@@ -140,7 +140,9 @@ class GraphRunner:
         replaying = run.recording is not None
         try:
             while node != END:
-                state, node, visits = await self._step(run, state, node, visits, answers, box, replaying)
+                state, node, visits = await self._step(
+                    run, state, node, visits, answers, box, replaying
+                )
                 if answers:
                     answers = []
         finally:

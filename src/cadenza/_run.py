@@ -79,6 +79,7 @@ class RunHandle:
         "budget",
         "ctx",
         "listeners",
+        "messages",
         "model_override",
         "msg_committed",
         "record",
@@ -113,6 +114,8 @@ class RunHandle:
         self.seq = seq
         self.step = step
         self.msg_committed = msg_committed
+        self.messages: list[Message] | None = None
+        """An agent's conversation, for the run's result."""
         self.model_override: Any = None
         """A model (or model string) replacing the workflow's own, e.g. from `--model`."""
         self.batch = Batch()

@@ -1,4 +1,8 @@
-"""Semantic versions and constraints such as `>=1.2,<2`, `^1.4`, `~=1.2`, `==1.2.3`."""
+"""Semantic versions and constraints such as `>=1.2,<2`, `^1.4`, `~=1.2`, `==1.2.3`.
+
+As in PEP 440 and npm, an upper bound `<2` (also implied by `^1.4` and `~=1.4`) excludes the
+pre-releases of 2.0.0 itself: they belong to the next, breaking release.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +57,14 @@ class Version:
         return self.text
 
 
+def _below(upper: Version) -> Callable[[Version], bool]:
+    """`x < upper`, where pre-releases of a release `upper` count as not below it (PEP 440)."""
+    if upper.pre:
+        return lambda x: x < upper
+    key = (upper.major, upper.minor, upper.patch)
+    return lambda x: x < upper and not (x.pre and (x.major, x.minor, x.patch) == key)
+
+
 def _clause(op: str, v: Version) -> Callable[[Version], bool]:
     if op in ("", "=="):
         return lambda x: x == v
@@ -65,7 +77,7 @@ def _clause(op: str, v: Version) -> Callable[[Version], bool]:
     if op == ">":
         return lambda x: x > v
     if op == "<":
-        return lambda x: x < v
+        return _below(v)
     if op == "^":  # compatible within the left-most non-zero component
         if v.major:
             upper = Version(f"{v.major + 1}.0.0")
@@ -73,14 +85,16 @@ def _clause(op: str, v: Version) -> Callable[[Version], bool]:
             upper = Version(f"0.{v.minor + 1}.0")
         else:
             upper = Version(f"0.0.{v.patch + 1}")
-        return lambda x: v <= x < upper
+        below = _below(upper)
+        return lambda x: v <= x and below(x)
     # "~=" and "~": same minor (same major when only major.minor was given with ~=)
     parts = v.text.split("-")[0].split(".")
     if op == "~=" and len(parts) == 2:
         upper = Version(f"{v.major + 1}.0.0")
     else:
         upper = Version(f"{v.major}.{v.minor + 1}.0")
-    return lambda x: v <= x < upper
+    below = _below(upper)
+    return lambda x: v <= x and below(x)
 
 
 class Constraint:

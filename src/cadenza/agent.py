@@ -172,6 +172,7 @@ class Agent(Generic[OutputT]):
             retries = 0
             run.stage({"retries": 0}, messages=messages)
             await run.commit()
+        run.messages = messages
         while True:
             last = messages[-1]
             if last.role == "assistant" and last.tool_calls:

@@ -87,7 +87,7 @@ class BudgetTracker:
         if b.max_steps is not None and self.steps >= b.max_steps:
             raise BudgetExceeded("steps", b.max_steps, self.steps, "model turns")
         self._check_time()
-        if b.max_tokens is None and b.max_cost is None:
+        if b.max_tokens is None and (b.max_cost is None or price is None):
             return
         est_in = estimate_tokens(request)
         if b.max_tokens is not None:
@@ -100,28 +100,33 @@ class BudgetTracker:
             s = request.settings
             s.max_tokens = left if s.max_tokens is None else min(s.max_tokens, left)
         if b.max_cost is not None and price is not None:
-            out = request.settings.max_tokens or 0
-            est_cost = est_in * price[0] + out * price[1]
-            if self.usage.cost + est_cost > b.max_cost:
+            left_cost = b.max_cost - self.usage.cost - est_in * price[0]
+            max_out = int(left_cost / price[1]) if price[1] > 0 else None
+            if left_cost <= 0 or (max_out is not None and max_out < 1):
                 raise BudgetExceeded(
                     "cost", b.max_cost, self.usage.cost,
-                    f"the next request could cost up to ${est_cost:.4f}",
+                    f"the next request's input alone would cost about ${est_in * price[0]:.4f}",
                 )  # fmt: skip
+            if max_out is not None:
+                s = request.settings
+                s.max_tokens = max_out if s.max_tokens is None else min(s.max_tokens, max_out)
 
     def after_model(self, usage: Usage) -> None:
         """Charge a completed model call."""
         self.steps += 1
         self.usage.add(usage)
 
-    def before_tool(self) -> None:
-        """Check that one more tool execution fits, and count it.
+    def before_tools(self, n: int) -> None:
+        """Check that `n` more tool executions fit, and count them.
 
         Raises:
-            BudgetExceeded: tool calls or time would be overspent.
-
+            BudgetExceeded: tool calls or time would be overspent (nothing is counted then).
         """
         b = self.budget
-        if b.max_tool_calls is not None and self.tool_calls >= b.max_tool_calls:
-            raise BudgetExceeded("tool_calls", b.max_tool_calls, self.tool_calls)
+        if b.max_tool_calls is not None and self.tool_calls + n > b.max_tool_calls:
+            raise BudgetExceeded(
+                "tool_calls", b.max_tool_calls, self.tool_calls,
+                f"the model asked for {n} more call(s)",
+            )  # fmt: skip
         self._check_time()
-        self.tool_calls += 1
+        self.tool_calls += n

@@ -274,7 +274,9 @@ async def _drive(
     run.emit("run.finished", {"step": run.step, "usage": run.budget.usage.to_dict()})
     run.stage(run=True)
     await run.commit()
-    return RunResult(rec.id, "finished", output, run.budget.usage, thread=rec.thread)
+    return RunResult(
+        rec.id, "finished", output, run.budget.usage, run.messages or [], thread=rec.thread
+    )
 
 
 def _usage_so_far(events: list[Any]) -> Any:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -155,11 +155,15 @@ class ScriptedModel:
             text = json.dumps(item)
         else:
             raise ConfigError(f"{self._name}: cannot turn script item {item!r} into a response")
+        finish: Literal["stop", "tool_calls", "length"] = "tool_calls" if calls else "stop"
+        limit = request.settings.max_tokens
+        if limit is not None and len(text) // 4 + 1 > limit:
+            text, finish = text[: max(limit - 1, 0) * 4], "length"  # as a real model would
         out = len(text) // 4 + sum(len(str(c.arguments)) // 4 + 2 for c in calls) + 1
         usage = Usage(estimate_tokens(request), out, 0.0, 1)
         if self.price:
             usage.cost = usage.input_tokens * self.price[0] + out * self.price[1]
-        return ModelResponse(text, calls, usage, self._name, "tool_calls" if calls else "stop")
+        return ModelResponse(text, calls, usage, self._name, finish)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         """The same answer as `request`, as text deltas and tool-call events."""

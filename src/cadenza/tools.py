@@ -58,7 +58,7 @@ class Tool:
         if not callable(fn):
             raise ToolDefinitionError(f"@tool needs a function, got {fn!r}")
         self.fn = fn
-        self.name: str = name or fn.__name__
+        self.name: str = fn.__name__ if name is None else name
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", self.name):
             raise ToolDefinitionError(
                 f"tool name {self.name!r} must start with a letter or '_' and contain only "
