@@ -136,7 +136,6 @@ class GraphRunner:
             answers.append(answer)
         box = _Answers(run.recording.answers) if run.recording is not None else _Answers(answers)
         token = _current.set(box)
-        g = self.graph
         replaying = run.recording is not None
         try:
             while node != END:
@@ -199,7 +198,7 @@ class GraphRunner:
         nxt = self._next(node, state)
         data: dict[str, Any] = {
             "step": step, "node": node,
-            "update": update if type(update) is dict else _update_json(update),
+            "update": _update_json(update),
             "next": nxt, "started": started,
         }  # fmt: skip
         if child is not None:
@@ -301,29 +300,30 @@ class GraphRunner:
                 f"node {node!r} returned {type(update).__name__}; return a dict of field updates, "
                 f"a {self.state_type.__name__}, or None"
             )
-        if not update:
+        upd = cast(dict[str, Any], update)
+        if not upd:
             return state, False
-        unknown = update.keys() - self.fields  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        unknown = upd.keys() - self.fields
         if unknown:
             raise RunError(
-                f"node {node!r} updated unknown field(s) {', '.join(sorted(unknown))}; "  # pyright: ignore[reportUnknownArgumentType]
+                f"node {node!r} updated unknown field(s) {', '.join(sorted(unknown))}; "
                 f"{self.state_type.__name__} has {', '.join(sorted(self.fields))}"
             )
         values = dict(state.__dict__)
         slow: list[str] = []
         exact = self.exact
-        for k, v in update.items():  # pyright: ignore[reportUnknownVariableType]
+        for k, v in upd.items():
             if reduce and k in self.reducers:
-                v = self.reducers[k].fn(getattr(state, k), v)  # pyright: ignore[reportUnknownArgumentType]
+                v = self.reducers[k].fn(getattr(state, k), v)
             values[k] = v
-            if type(v) is not exact.get(k):  # pyright: ignore[reportUnknownArgumentType]
-                slow.append(k)  # pyright: ignore[reportUnknownArgumentType]
+            if type(v) is not exact.get(k):
+                slow.append(k)
         # A shallow copy without re-validating the unchanged fields (model_copy is 3x slower).
         new = _new(self.state_type)
         _set(new, "__dict__", values)
-        fields_set = state.__pydantic_fields_set__
-        if slow or not update.keys() <= fields_set:  # pyright: ignore[reportUnknownMemberType]
-            fields_set = fields_set | update.keys()  # pyright: ignore[reportUnknownMemberType]
+        fields_set: set[str] = state.__pydantic_fields_set__
+        if slow or not upd.keys() <= fields_set:
+            fields_set = fields_set | upd.keys()
         _set(new, "__pydantic_fields_set__", fields_set)
         _set(new, "__pydantic_extra__", state.__pydantic_extra__)
         private = state.__pydantic_private__
@@ -357,6 +357,8 @@ _set = object.__setattr__
 
 
 def _update_json(update: Any) -> Any:
+    if type(update) is dict:
+        return cast(dict[str, Any], update)
     if isinstance(update, BaseModel):
         return update.model_dump(mode="json")
     return update

@@ -121,6 +121,7 @@ class BudgetTracker:
 
         Raises:
             BudgetExceeded: tool calls or time would be overspent (nothing is counted then).
+
         """
         b = self.budget
         if b.max_tool_calls is not None and self.tool_calls + n > b.max_tool_calls:

@@ -60,7 +60,6 @@ class NodeSpec:
     """One node as declared (internal)."""
 
     __slots__ = (
-        "simple",
         "fan_out",
         "fn",
         "input",
@@ -69,6 +68,7 @@ class NodeSpec:
         "max_visits",
         "name",
         "output",
+        "simple",
         "takes_ctx",
         "workflow",
     )
