@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -43,7 +43,9 @@ def median_of(fn: Callable[[], float]) -> float:
 
 def report(name: str, value: float, unit: str, baseline: float, target: str) -> dict[str, object]:
     ratio = value / baseline if baseline else float("nan")
-    print(f"{name:4s} {value:10.1f} {unit:8s} baseline {baseline:9.1f} {unit:8s} ratio {ratio:6.1f}x   target {target}")
+    print(
+        f"{name:4s} {value:10.1f} {unit:8s} baseline {baseline:9.1f} {unit:8s} ratio {ratio:6.1f}x   target {target}"
+    )
     return {"name": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio}
 
 
@@ -123,9 +125,7 @@ def w4() -> dict[str, object]:
         return path
 
     base = median_of(lambda: asyncio.run(baseline_sqlite_linear(n, fresh("base"))))
-    value = median_of(
-        lambda: asyncio.run(cadenza_linear(n, lambda: SQLiteStore(fresh("cadenza"))))
-    )
+    value = median_of(lambda: asyncio.run(cadenza_linear(n, lambda: SQLiteStore(fresh("cadenza")))))
     return report("W4", value, "µs/run", base, "≤ 600 µs/run")
 
 
@@ -227,7 +227,10 @@ def w3_child(kind: str) -> None:
 def w3() -> dict[str, object]:
     def one(kind: str) -> dict[str, float]:
         out = subprocess.run(
-            [sys.executable, __file__, "--w3-child", kind], capture_output=True, text=True, check=True
+            [sys.executable, __file__, "--w3-child", kind],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -304,7 +307,11 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}")
     print(f"cadenza {cadenza.__version__} on Python {sys.version.split()[0]}, medians of {REPS}")
     results = [BENCHES[n]() for n in names]
-    out = Path(os.environ.get("CADENZA_BENCH_OUT", "")) if os.environ.get("CADENZA_BENCH_OUT") else None
+    out = (
+        Path(os.environ.get("CADENZA_BENCH_OUT", ""))
+        if os.environ.get("CADENZA_BENCH_OUT")
+        else None
+    )
     if out:
         out.write_text(json.dumps(results, indent=2))
 

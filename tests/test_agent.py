@@ -651,11 +651,14 @@ async def test_scripted_model_raises_scripted_exception(store: MemoryStore):
     agent_model = ScriptedModel(["fine", ConnectionError("provider down")])
     agent = Agent(agent_model)
     assert (await agent.run("1", store=store)).output == "fine"
-    with pytest.raises(ConnectionError):
+    # Inside a run, a model failure surfaces as a typed ModelError caused by the original.
+    with pytest.raises(ModelError, match="ConnectionError: provider down") as info:
         await agent.run("2", store=store)
+    assert isinstance(info.value.__cause__, ConnectionError)
+    assert info.value.run_id is not None
     failed = await store.list_runs(status="failed")
     assert len(failed) == 1
-    assert failed[0].error is not None and failed[0].error["type"] == "ConnectionError"
+    assert failed[0].error is not None and failed[0].error["type"] == "ModelError"
 
 
 async def test_scripted_model_delay():

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import inspect
 import json
-import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
 
@@ -73,14 +72,15 @@ class GraphRunner:
             return input  # pyright: ignore[reportUnknownVariableType]
         if isinstance(input, str):
             key = self.graph.input_key
-            if key is not None:
-                return {key: input}
             try:
-                parsed = json.loads(input)
+                parsed = json.loads(input) if input.lstrip().startswith("{") else None
             except json.JSONDecodeError:
                 parsed = None
-            if isinstance(parsed, dict):
-                return parsed  # pyright: ignore[reportUnknownVariableType]
+            # A JSON object of state fields is the state; any other text fills input_key.
+            if isinstance(parsed, dict) and (key is None or parsed.keys() <= self.fields):
+                return cast(dict[str, Any], parsed)
+            if key is not None:
+                return {key: input}
             raise ConfigError(
                 f"graph {self.graph.name!r} takes a JSON object as input (fields of "
                 f"{self.state_type.__name__}: {', '.join(sorted(self.fields))}); got plain text. "
@@ -90,20 +90,27 @@ class GraphRunner:
             f"graph input must be a {self.state_type.__name__}, a dict or text, got {input!r}"
         )
 
-    async def _initial_state(self, run: RunHandle, input: Any) -> BaseModel:
+    async def _thread_state(self, run: RunHandle, input: Any) -> BaseModel:
+        """The input laid over the final state of the thread's previous run of this graph."""
         data: Any = self.input_json(input) if isinstance(input, str) else input
-        if run.record.thread and not run.replaying:
-            for prior in await run.store.list_runs(
-                thread=run.record.thread, status="finished", limit=20
+        if isinstance(data, BaseModel):
+            data = data.model_dump()
+        for prior in await run.store.list_runs(
+            thread=run.record.thread, status="finished", limit=20
+        ):
+            if (
+                prior.kind == "graph"
+                and prior.workflow == self.graph.name
+                and prior.id != run.run_id
             ):
-                if (
-                    prior.kind == "graph"
-                    and prior.workflow == self.graph.name
-                    and prior.id != run.run_id
-                ):
-                    base = cast(dict[str, Any], prior.output or {})
-                    data = {**base, **cast(dict[str, Any], input)}
-                    break
+                base = cast(dict[str, Any], prior.output or {})
+                data = {**base, **cast(dict[str, Any], data)}
+                break
+        return self.validate_input(data)
+
+    def validate_input(self, input: Any) -> BaseModel:
+        """The initial state from a run's input (raises ConfigError naming the bad field)."""
+        data: Any = self.input_json(input) if isinstance(input, str) else input
         if isinstance(data, self.state_type):
             return data
         try:
@@ -128,10 +135,11 @@ class GraphRunner:
             visits: dict[str, int] = dict(cp.data["visits"])
             answers: list[Any] = list(cp.data.get("answers", ()))
         else:
-            state = await self._initial_state(run, input)
-            node, visits, answers = self.first, {}, []
-            run.stage({"next": node, "visits": {}}, state=state, state_changed=True)
-            await run.commit()
+            if run.record.thread and not run.replaying:
+                state = await self._thread_state(run, input)
+            else:
+                state = self.validate_input(input)
+            node, visits, answers = self.first, {}, []  # no checkpoint: the input is the start
         if answer is not NO_ANSWER:
             answers.append(answer)
         box = _Answers(run.recording.answers) if run.recording is not None else _Answers(answers)
@@ -174,7 +182,6 @@ class GraphRunner:
                 "condition or raise max_visits"
             )
         run.step = step
-        started = time.time()
         if not replaying:
             box.answers, box.pos = answers, 0
         child: str | None = None
@@ -186,6 +193,14 @@ class GraphRunner:
                     update = await update
             else:
                 update, child = await self._execute(spec, run, state, step, answers)
+        except Exception as exc:
+            failed: dict[str, Any] = {
+                "step": step, "node": node, "error": f"{type(exc).__name__}: {exc}",
+            }  # fmt: skip
+            if spec.kind != "function":
+                failed["child"] = f"{run.run_id}.{step}"
+            run.emit("node.failed", failed)
+            raise
         except GraphInterrupt:
             run.step = step - 1
             run.stage(
@@ -199,7 +214,7 @@ class GraphRunner:
         data: dict[str, Any] = {
             "step": step, "node": node,
             "update": _update_json(update),
-            "next": nxt, "started": started,
+            "next": nxt,
         }  # fmt: skip
         if child is not None:
             data["child"] = child

@@ -36,9 +36,9 @@ class Recording:
         self.answers: list[Any] = []
         for e in events:
             if e.type == "run.resumed":
-                # Steps after the checkpoint were redone after the resume: keep the redo only.
-                k = int(e.data.get("from_step", 0))
-                canon = [x for x in canon if int(x.data.get("step", 0)) <= k]
+                # What followed the checkpoint was redone after the resume: keep the redo only.
+                k = int(e.data.get("from_seq", 0))
+                canon = [x for x in canon if x.seq <= k]
                 if "answer" in e.data:
                     self.answers.append(e.data["answer"])
                 continue
@@ -183,12 +183,14 @@ class RunHandle:
         if data is not None:
             if messages is not None:
                 data["messages"] = len(messages)
+            data["seq"] = self.seq  # the journal position this checkpoint closes
             b.checkpoint = Checkpoint(self.step, data, state)
             b.state_changed = b.state_changed or state_changed
 
     def stage_checkpoint(self, data: dict[str, Any], state: Any, state_changed: bool) -> None:
         """`stage` for the common case: a checkpoint with state and no messages."""
         b = self.batch
+        data["seq"] = self.seq
         b.checkpoint = Checkpoint(self.step, data, state)
         if state_changed:
             b.state_changed = True

@@ -141,9 +141,12 @@ class Agent(Generic[OutputT]):
         model: str | Model | None = None,
         deps: Any = None,
         budget: Budget | None = None,
+        listeners: list[Listener] | None = None,
     ) -> runtime.RunResult:
         """Continue a crashed, failed or budget-stopped run from its last checkpoint."""
-        opts = runtime.RunOptions(store=store, deps=deps, budget=budget or self.budget, model=model)
+        opts = runtime.RunOptions(
+            store=store, deps=deps, budget=budget or self.budget, model=model, listeners=listeners
+        )
         return await runtime.resume(self, run_id, opts)
 
     async def replay(self, run_id: str, *, store: StateStore | None = None) -> runtime.RunResult:
@@ -170,8 +173,7 @@ class Agent(Generic[OutputT]):
         else:
             messages = await self._opening(run, input)
             retries = 0
-            run.stage({"retries": 0}, messages=messages)
-            await run.commit()
+            run.stage({"retries": 0}, messages=messages)  # committed with the first answer
         run.messages = messages
         while True:
             last = messages[-1]
@@ -253,17 +255,26 @@ class Agent(Generic[OutputT]):
             response = _recorded_response(run, step)
         else:
             left = run.budget.remaining_time()
+            deadline = None if left is None else asyncio.timeout(max(left, 0.0))
             try:
-                if left is None:
+                if deadline is None:
                     response = await model.request(request)
                 else:
-                    async with asyncio.timeout(max(left, 0.0)):
+                    async with deadline:
                         response = await model.request(request)
-            except TimeoutError:
-                b = run.budget.budget
-                raise BudgetExceeded(
-                    "time", b.timeout or 0, b.timeout or 0, "during a model call"
-                ) from None
+            except (ModelError, BudgetExceeded):
+                raise
+            except TimeoutError as exc:
+                if deadline is not None and deadline.expired():
+                    b = run.budget.budget
+                    raise BudgetExceeded(
+                        "time", b.timeout or 0, b.timeout or 0, "during a model call"
+                    ) from None
+                raise ModelError(f"model {model.name!r} timed out at step {step}") from exc
+            except Exception as exc:
+                raise ModelError(
+                    f"model {model.name!r} failed at step {step}: {type(exc).__name__}: {exc}"
+                ) from exc
         run.budget.after_model(response.usage)
         run.emit(
             "model.responded",

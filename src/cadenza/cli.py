@@ -8,10 +8,12 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import CadenzaError, RunError, UserError
@@ -19,6 +21,16 @@ from .stores import StateStore, open_store
 from .stores._base import Event
 
 T = TypeVar("T")
+
+
+class Status(StrEnum):
+    """Run statuses, for `runs list --status`."""
+
+    running = "running"
+    interrupted = "interrupted"
+    finished = "finished"
+    failed = "failed"
+
 
 app = typer.Typer(
     name="cadenza",
@@ -42,7 +54,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -110,7 +122,7 @@ def _print_result(result: Any, as_json: bool) -> None:
         )
         return
     if result.status == "interrupted":
-        out.print(f"[yellow]waiting for input:[/] {_jsonable(result.interrupt)}")
+        out.print(f"[yellow]waiting for input:[/] {_short(_jsonable(result.interrupt), 2000)}")
         out.print(f"answer with: cadenza runs resume {result.run_id} --answer '...'", style="dim")
         return
     output = result.output
@@ -166,16 +178,15 @@ def graph(
 @runs_app.command("list")
 def runs_list(
     thread: Annotated[str | None, typer.Option(help="Only runs of this thread.")] = None,
-    status: Annotated[
-        str | None, typer.Option(help="running, interrupted, finished or failed.")
-    ] = None,
+    status: Annotated[Status | None, typer.Option(help="Only runs with this status.")] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     as_json: JsonOpt = False,
     store: StoreOpt = None,
 ) -> None:
     """List recent runs, newest first."""
     st = _store(store)
-    runs = _call(lambda: st.list_runs(thread=thread, status=status, limit=limit))
+    wanted = status.value if status is not None else None
+    runs = _call(lambda: st.list_runs(thread=thread, status=wanted, limit=limit))
     if as_json:
         out.print_json(data=[_jsonable(r) for r in runs])
         return
@@ -183,15 +194,21 @@ def runs_list(
         err.print("no runs yet; start one with `cadenza run WORKFLOW INPUT`")
         return
     table = Table(box=None)
-    for col in ("run", "workflow", "status", "started", "thread"):
-        table.add_column(col, no_wrap=True)
+    # Ids and statuses never wrap or shrink (they are copied into other commands).
+    table.add_column("run", no_wrap=True, min_width=20)
+    table.add_column("workflow", overflow="fold")
+    table.add_column("status", no_wrap=True, min_width=11)
+    table.add_column("started", overflow="fold")
+    table.add_column("thread", overflow="fold")
     colors = {"finished": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
     for r in runs:
         table.add_row(
-            r.id, f"{r.workflow} ({r.kind})", f"[{colors.get(r.status, 'white')}]{r.status}[/]",
+            r.id, escape(f"{r.workflow} ({r.kind})"),
+            f"[{colors.get(r.status, 'white')}]{escape(r.status)}[/]",
             _time(r.created_at), r.thread or "",
         )  # fmt: skip
-    out.print(table)
+    # A pipe gets whole lines (ids are copied from there), a terminal its own width.
+    (out if out.is_terminal else Console(width=10_000, highlight=False)).print(table)
 
 
 @runs_app.command("show")
@@ -215,14 +232,16 @@ def runs_show(
     if as_json:
         out.print_json(data={"run": _jsonable(rec), "events": [_jsonable(e) for e in events]})
         return
-    out.print(f"[bold]run {rec.id}[/]  {rec.workflow} ({rec.kind})  status: {rec.status}")
+    out.print(
+        f"[bold]run {escape(rec.id)}[/]  {escape(rec.workflow)} ({rec.kind})  status: {rec.status}"
+    )
     if rec.thread:
-        out.print(f"thread: {rec.thread}")
+        out.print(f"thread: {escape(rec.thread)}")
     start = events[0].ts if events else rec.created_at
     for e in events:
         out.print(f"  [dim]+{(e.ts - start) * 1000:8.1f} ms[/]  {_describe(e)}")
     if rec.error:
-        out.print(f"[red]error:[/] {rec.error['type']}: {rec.error['message']}", markup=True)
+        out.print(f"[red]error:[/] {escape(rec.error['type'])}: {escape(rec.error['message'])}")
 
 
 @runs_app.command("resume")
@@ -314,42 +333,49 @@ def _time(ts: float) -> str:
 
 
 def _short(value: Any, n: int = 80) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= n else text[: n - 1] + "…"
+    """`value` as text, cut to `n` characters and escaped for Rich markup."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return escape(text if len(text) <= n else text[: n - 1] + "…")
 
 
 def _describe(e: Event) -> str:
     d = e.data
     t = e.type
     if t == "run.started":
-        return f"[bold]started[/] {d.get('workflow')} with {_short(d.get('input'))}"
+        return f"[bold]started[/] {_short(d.get('workflow'))} with {_short(d.get('input'))}"
     if t == "run.resumed":
-        extra = f" with answer {_short(d['answer'])}" if "answer" in d else ""
+        extra = f" with answer {_short(d['answer'])}" if "answer" in d else ""  # escaped
         return f"[bold]resumed[/] from step {d.get('from_step')}{extra}"
     if t == "node.finished":
         child = f" (child run {d['child']})" if d.get("child") else ""
-        return f"step {d['step']}: node [cyan]{d['node']}[/] → {_short(d.get('update'), 60)} → next {d['next']}{child}"
+        return (
+            f"step {d['step']}: node [cyan]{_short(d['node'])}[/] → {_short(d.get('update'), 60)}"
+            f" → next {_short(d['next'])}{child}"
+        )
+    if t == "node.failed":
+        child = f" (child run {d['child']})" if d.get("child") else ""
+        return f"step {d['step']}: node [red]{_short(d['node'])} failed[/]{child}: {_short(d.get('error'), 100)}"
     if t == "model.requested":
-        return f"step {d['step']}: ask {d.get('model')} ({d.get('messages')} messages)"
+        return f"step {d['step']}: ask {_short(d.get('model'))} ({d.get('messages')} messages)"
     if t == "model.responded":
         u = d.get("usage", {})
         what = (
-            "calls " + ", ".join(c["name"] for c in d.get("tool_calls", []))
+            "calls " + _short(", ".join(c["name"] for c in d.get("tool_calls", [])))
             if d.get("tool_calls") else f"answers {_short(d.get('text'))}"
         )  # fmt: skip
         return f"step {d['step']}: model {what} ({u.get('input_tokens', 0)}+{u.get('output_tokens', 0)} tokens)"
     if t == "tool.called":
-        return f"step {d['step']}: call [magenta]{d['name']}[/]({_short(d.get('arguments'), 60)})"
+        return f"step {d['step']}: call [magenta]{_short(d['name'])}[/]({_short(d.get('arguments'), 60)})"
     if t == "tool.returned":
         mark = "[red]error[/]" if d.get("is_error") else "ok"
-        return f"step {d['step']}: {d['name']} {mark}: {_short(d.get('content'), 60)}"
+        return f"step {d['step']}: {_short(d['name'])} {mark}: {_short(d.get('content'), 60)}"
     if t == "run.interrupted":
         return f"[yellow]waiting for input[/]: {_short(d.get('prompt'))}"
     if t == "run.failed":
-        return f"[red]failed[/]: {d['error']['type']}: {_short(d['error']['message'], 120)}"
+        return f"[red]failed[/]: {_short(d['error']['type'])}: {_short(d['error']['message'], 120)}"
     if t == "run.finished":
         return "[green]finished[/]"
-    return f"{t} {_short(d)}"
+    return f"{escape(t)} {_short(d)}"
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ CadenzaError
 │   ├── ToolVersionError              a required tool is missing or has no compatible version
 │   ├── GraphValidationError          compile() found problems (all of them, by node)
 │   ├── WorkflowLoadError             `path/file.py:name` could not be loaded
-│   └── RunNotFound (LookupError)     no run with that id in the store
+│   ├── RunNotFound (LookupError)     no run with that id in the store
+│   └── ResumeError                   the run cannot be resumed (finished, or awaits an answer)
 ├── RunError                      the run failed while executing
 │   ├── BudgetExceeded                a step/tool-call/token/cost/time budget would be overspent
 │   ├── ToolTimeout                   a tool ran past its timeout
@@ -17,7 +18,6 @@ CadenzaError
 │   │   └── ScriptExhausted               a ScriptedModel was asked more than its script holds
 │   ├── OutputValidationError         the final answer never matched output_type
 │   ├── LoopLimitExceeded             a graph node or graph ran more times than allowed
-│   ├── ResumeError                   the run cannot be resumed (finished, or no checkpoint)
 │   └── ReplayDivergence              a replay differs from the recording (step, expected, got)
 └── StoreError                    the state store failed or holds inconsistent data
 ```
@@ -158,8 +158,8 @@ class LoopLimitExceeded(RunError):
     """A graph node (or the whole graph) ran more times than its bound allows."""
 
 
-class ResumeError(RunError):
-    """A run cannot be resumed: it already finished, or it has no checkpoint."""
+class ResumeError(UserError):
+    """A run cannot be resumed: it already finished, or it waits for an answer not given."""
 
 
 class ReplayDivergence(RunError):

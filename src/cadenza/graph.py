@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from ._run import NO_ANSWER
 from .errors import ConfigError, GraphInterrupt, GraphValidationError
+from .models import resolve_model
 
 if TYPE_CHECKING:
     from ._run import Listener
@@ -394,11 +395,17 @@ class CompiledGraph(Generic[S]):
         """
         from . import runtime
 
+        if model is not None:
+            resolve_model(model)  # an unknown model fails before the run starts
         opts = runtime.RunOptions(
             store=store, thread=thread, principal=principal, deps=deps, budget=budget,
             run_id=run_id, ref=ref, listeners=listeners, model=model,
         )  # fmt: skip
-        return await runtime.start(self, input, opts)
+        if thread is not None:
+            return await runtime.start(self, input, opts)  # validated once merged with the thread
+        record_input = input if type(input) is dict else self._runner.input_json(input)
+        state = self._runner.validate_input(input)  # bad input fails before the run starts
+        return await runtime.start(self, state, opts, input_json=record_input)
 
     def run_sync(self, input: S | dict[str, Any] | str, **kwargs: Any) -> RunResult:
         """`run` for synchronous code (starts its own event loop)."""
@@ -413,11 +420,14 @@ class CompiledGraph(Generic[S]):
         model: str | Model | None = None,
         deps: Any = None,
         budget: Budget | None = None,
+        listeners: list[Listener] | None = None,
     ) -> RunResult:
         """Continue a run: after a crash or failure, or with the `answer` an interrupt awaits."""
         from . import runtime
 
-        opts = runtime.RunOptions(store=store, deps=deps, budget=budget, model=model)
+        opts = runtime.RunOptions(
+            store=store, deps=deps, budget=budget, model=model, listeners=listeners
+        )
         has_answer = answer is not NO_ANSWER
         return await runtime.resume(
             self, run_id, opts, answer=answer if has_answer else None, has_answer=has_answer

@@ -105,16 +105,34 @@ _ANONYMOUS = Principal()
 _ANONYMOUS_JSON: dict[str, Any] = {"user_id": "anonymous", "roles": [], "tenant": None}
 
 
+_UNSET: Any = object()
+
+
 async def start(
-    wf: Workflow, input: Any, opts: RunOptions, parent: RunHandle | None = None
+    wf: Workflow,
+    input: Any,
+    opts: RunOptions,
+    parent: RunHandle | None = None,
+    *,
+    input_json: Any = _UNSET,
 ) -> RunResult:
-    """Start a new run of `wf` and drive it to the end (or to an interrupt)."""
+    """Start a new run of `wf` and drive it to the end (or to an interrupt).
+
+    Args:
+        wf: The workflow.
+        input: What its drive receives.
+        opts: Store, thread, budget, ...
+        parent: The run this one is a child of (agent node, sub-graph).
+        input_json: The input as recorded, when the caller already has it.
+
+    """
     store = opts.store or (parent.store if parent else default_store())
     now = time.time()
     principal = opts.principal or (parent.ctx.principal if parent else _ANONYMOUS)
     record = RunRecord(
         id=opts.run_id or new_run_id(), workflow=wf.name, kind=wf.kind,
-        thread=opts.thread, ref=opts.ref, input=wf._input_json(input),  # pyright: ignore[reportPrivateUsage]
+        thread=opts.thread, ref=opts.ref,
+        input=wf._input_json(input) if input_json is _UNSET else input_json,  # pyright: ignore[reportPrivateUsage]
         principal=_ANONYMOUS_JSON if principal is _ANONYMOUS else {
             "user_id": principal.user_id, "roles": list(principal.roles), "tenant": principal.tenant},
         created_at=now, updated_at=now,
@@ -140,7 +158,9 @@ async def start(
         opts.model if opts.model is not None else (parent.model_override if parent else None)
     )
     run.emit("run.started", data)
-    run.stage(run=True)  # written with the workflow's first checkpoint
+    run.stage(run=True)
+    run.batch.run_new = True
+    await run.commit()  # durable before any work: a run killed from here on can be resumed
     return await _drive(wf, run, None, input, NO_ANSWER, parent is None)
 
 
@@ -192,7 +212,10 @@ async def resume(
     )
     record.status = "running"
     record.error = None
-    data: dict[str, Any] = {"from_step": cp.seq if cp else 0}
+    data: dict[str, Any] = {
+        "from_step": cp.seq if cp else 0,
+        "from_seq": int(cp.data.get("seq", 0)) if cp else 0,
+    }
     if has_answer:
         data["answer"] = answer
     run.emit("run.resumed", data)
@@ -271,7 +294,11 @@ async def _drive(
         raise
     rec.status = "finished"
     rec.output = output_json
-    run.emit("run.finished", {"step": run.step, "usage": run.budget.usage.to_dict()})
+    usage = run.budget.usage
+    done: dict[str, Any] = {"step": run.step}
+    if usage.requests:
+        done["usage"] = usage.to_dict()
+    run.emit("run.finished", done)
     run.stage(run=True)
     await run.commit()
     return RunResult(

@@ -78,17 +78,31 @@ def _run_spans(
     if first.data.get("kind") == "agent":
         run_span.attributes["gen_ai.operation.name"] = "invoke_agent"
         run_span.attributes["gen_ai.agent.name"] = first.data.get("workflow", "")
+    prev_ts = first.ts  # a node starts when the previous journal entry was written
     pending_model: dict[int, Event] = {}
     pending_tool: dict[tuple[int, int], Event] = {}
     for e in events:
         d = e.data
+        started, prev_ts = prev_ts, e.ts
         if e.type == "run.failed":
             run_span.error = f"{d['error']['type']}: {d['error']['message']}"
+            run_span.attributes["error.type"] = d["error"]["type"]
+        elif e.type == "node.failed":
+            sid = f"{run_id}/n{d['step']}"
+            out.append(
+                Span(sid, run_span.span_id, f"node {d['node']}", "node", run_id, started, e.ts,
+                     {"cadenza.node": d["node"], "cadenza.step": d["step"],
+                      "error.type": str(d.get("error", "")).split(":")[0]},
+                     str(d.get("error", "")))
+            )  # fmt: skip
+            child = d.get("child")
+            if child:
+                _run_spans(runs, child, sid, out)
         elif e.type == "node.finished":
             sid = f"{run_id}/n{d['step']}"
             out.append(
                 Span(sid, run_span.span_id, f"node {d['node']}", "node", run_id,
-                     float(d.get("started", e.ts)), e.ts, {"cadenza.node": d["node"], "cadenza.step": d["step"]})
+                     started, e.ts, {"cadenza.node": d["node"], "cadenza.step": d["step"]})
             )  # fmt: skip
             child = d.get("child")
             if child:
@@ -127,6 +141,11 @@ def _run_spans(
             )  # fmt: skip
             if d.get("is_error"):
                 s.error = str(d.get("content"))
+                s.attributes["error.type"] = (
+                    "refused" if d.get("refused")
+                    else "timeout" if "timed out" in s.error
+                    else "tool_error"
+                )  # fmt: skip
             out.append(s)
 
 
@@ -141,7 +160,7 @@ async def trace_run(store: StateStore, run_id: str) -> list[Span]:
         todo.extend(
             str(e.data["child"])
             for e in events
-            if e.type == "node.finished" and e.data.get("child")
+            if e.type in ("node.finished", "node.failed") and e.data.get("child")
         )
     return build_trace(runs, run_id)
 
@@ -181,7 +200,6 @@ def export_otel(spans: list[Span], tracer_provider: Any = None) -> None:
         )  # fmt: skip
         if s.error:
             otel_span.set_status(Status(StatusCode.ERROR, s.error[:500]))
-            otel_span.set_attribute("error.type", s.error.split(":")[0][:100])
         live[s.span_id] = otel_span
     for s in reversed(spans):
         live[s.span_id].end(end_time=int(s.end * 1e9))

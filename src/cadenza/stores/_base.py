@@ -94,12 +94,15 @@ class Batch:
         "messages",
         "msg_start",
         "run",
+        "run_new",
         "state_changed",
         "tool_records",
     )
 
     def __init__(self) -> None:
         self.run: RunRecord | None = None
+        self.run_new = False
+        """`run` is written for the first time (else only its status, output, error changed)."""
         self.events: list[Event] = []
         self.messages: list[Message] = []
         self.msg_start = 0
@@ -110,6 +113,7 @@ class Batch:
     def reset(self) -> None:
         """Empty the batch for the next step (stores never keep references to its lists)."""
         self.run = None
+        self.run_new = False
         self.events.clear()
         if self.messages:
             self.messages = []

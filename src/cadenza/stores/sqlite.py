@@ -6,13 +6,13 @@ inserts (tens of microseconds), far cheaper than a hop to a worker thread and ba
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from pydantic_core import from_json, to_json
 
 from ..errors import StoreError
 from ..messages import Message, message_from_dict, message_to_dict
@@ -44,7 +44,13 @@ CREATE TABLE IF NOT EXISTS tool_records (
 );
 """
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+def _dumps(value: Any) -> str:
+    # pydantic-core's serializer is ~5x faster than the json module's on this hot path.
+    return to_json(value, fallback=str).decode()
+
+
+_loads = from_json
 
 
 def _state_json(state: Any) -> str:
@@ -93,53 +99,74 @@ class SQLiteStore:
 
     def commit_now(self, run_id: str, batch: Batch) -> None:
         """`commit`, synchronously (this store never waits on I/O from another task)."""
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        try:  # encode everything first: nothing is locked while serialising, nothing half-done
             run = batch.run
+            run_row = None
             if run is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        run.id, run.workflow, run.kind, run.status, run.thread, run.ref,
-                        _dumps(run.input), _dumps(run.output),
-                        None if run.error is None else _dumps(run.error),
-                        _dumps(run.principal), run.created_at, run.updated_at or time.time(),
-                    ),
+                run_row = (
+                    run.status, _dumps(run.output),
+                    None if run.error is None else _dumps(run.error),
+                    run.updated_at or time.time(), run.id,
                 )  # fmt: skip
-            if batch.events:
-                db.executemany(
-                    "INSERT INTO events VALUES (?,?,?,?,?)",
-                    [(run_id, e.seq, e.type, e.ts, _dumps(e.data)) for e in batch.events],
-                )
-            if batch.messages:
-                db.execute(
-                    "DELETE FROM messages WHERE run_id=? AND idx>=?", (run_id, batch.msg_start)
-                )
-                db.executemany(
-                    "INSERT INTO messages VALUES (?,?,?)",
-                    [
-                        (run_id, batch.msg_start + i, _dumps(message_to_dict(m)))
-                        for i, m in enumerate(batch.messages)
-                    ],
-                )
+            events = [(run_id, e.seq, e.type, e.ts, _dumps(e.data)) for e in batch.events]
+            start = batch.msg_start
+            messages = [
+                (run_id, start + i, _dumps(message_to_dict(m)))
+                for i, m in enumerate(batch.messages)
+            ]
             cp = batch.checkpoint
+            cp_row = None
             if cp is not None:
                 state = _state_json(cp.state) if batch.state_changed else None
-                db.execute(
-                    "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?)",
-                    (run_id, cp.seq, _dumps(cp.data), state),
+                cp_row = (run_id, cp.seq, _dumps(cp.data), state)
+            tools = [(r.key, r.run_id, r.status, _dumps(r.result)) for r in batch.tool_records]
+        except Exception as exc:
+            raise StoreError(
+                f"cannot store step of run {run_id}: a value is not JSON-serialisable ({exc})"
+            ) from exc
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            if run is not None:
+                assert run_row is not None
+                # Status changes rewrite only what changes (fewer bytes to encode and log).
+                updated = (
+                    not batch.run_new
+                    and db.execute(
+                        "UPDATE runs SET status=?, output=?, error=?, updated_at=? WHERE id=?",
+                        run_row,
+                    ).rowcount
+                    > 0
                 )
-            for rec in batch.tool_records:
+                if not updated:
+                    db.execute(
+                        "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            run.id, run.workflow, run.kind, run.status, run.thread, run.ref,
+                            _dumps(run.input), run_row[1], run_row[2], _dumps(run.principal),
+                            run.created_at, run_row[3],
+                        ),
+                    )  # fmt: skip
+            if events:
+                db.executemany("INSERT INTO events VALUES (?,?,?,?,?)", events)
+            if messages:
+                db.execute("DELETE FROM messages WHERE run_id=? AND idx>=?", (run_id, start))
+                db.executemany("INSERT INTO messages VALUES (?,?,?)", messages)
+            if cp_row is not None:
                 db.execute(
-                    "INSERT OR REPLACE INTO tool_records VALUES (?,?,?,?)",
-                    (rec.key, rec.run_id, rec.status, _dumps(rec.result)),
+                    "INSERT INTO checkpoints VALUES (?,?,?,?) ON CONFLICT (run_id, seq) DO UPDATE "
+                    "SET data=excluded.data, state=COALESCE(excluded.state, checkpoints.state)",
+                    cp_row,
                 )
+            if tools:
+                db.executemany("INSERT OR REPLACE INTO tool_records VALUES (?,?,?,?)", tools)
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            raise StoreError(f"SQLite commit for run {run_id} failed: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"SQLite commit for run {run_id} failed: {exc}") from exc
+            raise
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """See `StateStore.get_run`."""
@@ -167,7 +194,7 @@ class SQLiteStore:
             "SELECT seq, type, ts, data FROM events WHERE run_id=? AND seq>? ORDER BY seq",
             (run_id, after),
         )
-        return [Event(run_id, s, t, ts, json.loads(d)) for s, t, ts, d in rows]
+        return [Event(run_id, s, t, ts, _loads(d)) for s, t, ts, d in rows]
 
     async def checkpoint(self, run_id: str) -> Checkpoint | None:
         """See `StateStore.checkpoint`."""
@@ -182,20 +209,20 @@ class SQLiteStore:
             "ORDER BY seq DESC LIMIT 1",
             (run_id,),
         ).fetchone()
-        data = json.loads(row[1])
+        data = _loads(row[1])
         n = int(data.get("messages", 0))
         msgs = [
-            message_from_dict(json.loads(d))
+            message_from_dict(_loads(d))
             for (d,) in self._db.execute(
                 "SELECT data FROM messages WHERE run_id=? AND idx<? ORDER BY idx", (run_id, n)
             )
         ]
-        return Checkpoint(row[0], data, json.loads(srow[0]) if srow else None, msgs)
+        return Checkpoint(row[0], data, _loads(srow[0]) if srow else None, msgs)
 
     async def messages(self, run_id: str) -> list[Message]:
         """See `StateStore.messages`."""
         return [
-            message_from_dict(json.loads(d))
+            message_from_dict(_loads(d))
             for (d,) in self._db.execute(
                 "SELECT data FROM messages WHERE run_id=? ORDER BY idx", (run_id,)
             )
@@ -206,7 +233,7 @@ class SQLiteStore:
         row = self._db.execute(
             "SELECT key, run_id, status, result FROM tool_records WHERE key=?", (key,)
         ).fetchone()
-        return ToolRecord(row[0], row[1], row[2], json.loads(row[3])) if row else None
+        return ToolRecord(row[0], row[1], row[2], _loads(row[3])) if row else None
 
     async def close(self) -> None:
         """Close the connection."""
@@ -216,9 +243,9 @@ class SQLiteStore:
 def _run(row: tuple[Any, ...]) -> RunRecord:
     return RunRecord(
         id=row[0], workflow=row[1], kind=row[2], status=row[3], thread=row[4], ref=row[5],
-        input=json.loads(row[6]) if row[6] else None,
-        output=json.loads(row[7]) if row[7] else None,
-        error=json.loads(row[8]) if row[8] else None,
-        principal=json.loads(row[9]) if row[9] else {},
+        input=_loads(row[6]) if row[6] else None,
+        output=_loads(row[7]) if row[7] else None,
+        error=_loads(row[8]) if row[8] else None,
+        principal=_loads(row[9]) if row[9] else {},
         created_at=row[10], updated_at=row[11],
     )  # fmt: skip
