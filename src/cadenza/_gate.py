@@ -39,12 +39,19 @@ class _Prepared:
 
 
 async def run_tool_calls(
-    run: RunHandle, tools: dict[str, Tool], calls: list[ToolCall]
+    run: RunHandle, tools: dict[str, Tool], calls: list[ToolCall], *, first_index: int = 0
 ) -> list[ToolResult]:
-    """Pass every call through the Gate; return one result per call, in call order."""
+    """Pass every call through the Gate; return one result per call, in call order.
+
+    Args:
+        run: The run making the calls.
+        tools: The tools this caller may use (the allow-list).
+        calls: The calls, as the model (or a node) asked for them.
+        first_index: Index of the first call within the step (idempotency keys use it).
+    """
     step = run.step
     prepared: list[_Prepared] = []
-    for i, call in enumerate(calls):
+    for i, call in enumerate(calls, first_index):
         p = _Prepared(i, call)
         prepared.append(p)
         run.emit(

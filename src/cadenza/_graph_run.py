@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING, Any, cast
 from pydantic import BaseModel, ValidationError
 
 from . import runtime
+from ._gate import run_tool_calls
 from ._run import NO_ANSWER, RunHandle
-from .errors import ConfigError, GraphInterrupt, LoopLimitExceeded, RunError
+from .context import RunContext
+from .errors import ConfigError, GraphInterrupt, LoopLimitExceeded, RunError, ToolError
 from .graph import END, Graph, NodeSpec, Reducer
+from .messages import ToolCall
 from .stores._base import Checkpoint
 
 if TYPE_CHECKING:
@@ -61,7 +64,7 @@ class GraphRunner:
             ann: Any = info.annotation
             if ann in (int, str, float, bool) and not info.metadata:
                 self.exact[fname] = ann
-        self.box = _Answers([])
+        self.tools = graph.tools
 
     # --- input ---------------------------------------------------------------------------
 
@@ -182,6 +185,7 @@ class GraphRunner:
                 "condition or raise max_visits"
             )
         run.step = step
+        run.node_calls = 0
         if not replaying:
             box.answers, box.pos = answers, 0
         child: str | None = None
@@ -234,12 +238,26 @@ class GraphRunner:
         args: list[Any] = [state]
         if spec.fan_out is not None:
             items = list(spec.fan_out(state))
-            extra = [dataclasses.replace(run.ctx, state=state, step=step)] if spec.takes_ctx else []
+            extra = [self._ctx(run, state, step)] if spec.takes_ctx else []
             results = await asyncio.gather(*(self._call(spec, [state, it, *extra]) for it in items))
             return self._merge(spec.name, state, results), None
         if spec.takes_ctx:
-            args.append(dataclasses.replace(run.ctx, state=state, step=step))
+            args.append(self._ctx(run, state, step))
         return await self._call(spec, args), None
+
+    def _ctx(self, run: RunHandle, state: BaseModel, step: int) -> RunContext:
+        tools = self.tools
+
+        async def call_tool(name: str, arguments: dict[str, Any]) -> Any:
+            index = run.node_calls
+            run.node_calls += 1
+            call = ToolCall(f"node-{step}-{index}", name, arguments)
+            (result,) = await run_tool_calls(run, tools, [call], first_index=index)
+            if result.is_error:
+                raise ToolError(f"{name}: {result.content}")
+            return result.content
+
+        return dataclasses.replace(run.ctx, state=state, step=step, tool_caller=call_tool)
 
     async def _call(self, spec: NodeSpec, args: list[Any]) -> Any:
         fn = spec.fn

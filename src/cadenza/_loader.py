@@ -10,6 +10,9 @@ from typing import Any, cast
 
 from .errors import WorkflowLoadError
 
+BUILTIN_WORKFLOWS = {"support": "cadenza.apps.support:bot"}
+"""Workflows shipped with Cadenza, runnable by name: `cadenza run support "..."`."""
+
 
 def load_workflow(ref: str) -> Any:
     """The Agent or CompiledGraph `ref` names (a `Graph` is compiled on the way).
@@ -20,10 +23,12 @@ def load_workflow(ref: str) -> Any:
     from .agent import Agent
     from .graph import CompiledGraph, Graph
 
+    ref = BUILTIN_WORKFLOWS.get(ref, ref)
     target, sep, name = ref.rpartition(":")
     if not sep or not target or not name:
         raise WorkflowLoadError(
-            f"workflow {ref!r} must look like 'path/file.py:name' or 'package.module:name'"
+            f"workflow {ref!r} must look like 'path/file.py:name' or 'package.module:name' "
+            f"(or be a built-in: {', '.join(BUILTIN_WORKFLOWS)})"
         )
     if target.endswith(".py") or "/" in target or "\\" in target:
         path = Path(target)

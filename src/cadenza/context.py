@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import ConfigError
+
+ToolCaller = Callable[[str, dict[str, Any]], Awaitable[Any]]
+"""Runs a named tool with arguments through the Gate and returns its result."""
 
 __all__ = ["Principal", "RunContext"]
 
@@ -40,3 +46,21 @@ class RunContext:
     """For a tool call: `run:step:call`, stable across resumes; pass it to external APIs."""
     extra: dict[str, Any] = field(default_factory=lambda: {})
     """Free-form values for extensions."""
+    tool_caller: ToolCaller | None = field(default=None, repr=False, compare=False)
+    """Set for graph nodes: how `call_tool` reaches the Gate."""
+
+    async def call_tool(self, name: str, /, **arguments: Any) -> Any:
+        """Call one of the graph's tools from a node, through the Gate (journaled, idempotent).
+
+        Returns:
+            The tool's result.
+
+        Raises:
+            ToolError: the call was refused (unknown tool, invalid arguments) or the tool failed.
+
+        """
+        if self.tool_caller is None:
+            raise ConfigError(
+                "call_tool is for graph nodes; declare the tools with Graph(..., tools=[...])"
+            )
+        return await self.tool_caller(name, arguments)

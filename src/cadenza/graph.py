@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from ._run import NO_ANSWER
 from .errors import ConfigError, GraphInterrupt, GraphValidationError
 from .models import resolve_model
+from .tools import Tool, ToolRegistry, resolve_tools
 
 if TYPE_CHECKING:
     from ._run import Listener
@@ -97,6 +98,9 @@ class Graph(Generic[S]):
         name: Recorded with every run.
         max_steps: Bound on node executions per run (guards every loop).
         input_key: Field that a plain-text input fills (e.g. from the CLI).
+        tools: Tools (or requirement strings) that nodes may call through the Gate with
+            `ctx.call_tool(name, **arguments)`.
+        registry: Where requirement strings are resolved.
 
     """
 
@@ -107,12 +111,16 @@ class Graph(Generic[S]):
         name: str = "graph",
         max_steps: int = 100,
         input_key: str | None = None,
+        tools: Iterable[Tool | str] = (),
+        registry: ToolRegistry | None = None,
     ) -> None:
         if not (isinstance(state, type) and issubclass(state, BaseModel)):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ConfigError(f"Graph state must be a pydantic BaseModel subclass, got {state!r}")
         if input_key is not None and input_key not in state.model_fields:
             raise ConfigError(f"input_key {input_key!r} is not a field of {state.__name__}")
         self.state = state
+        self.tools = resolve_tools(tools, registry)
+        """The tools nodes may call with `ctx.call_tool` (resolved now: fails at start-up)."""
         self.name = name
         self.max_steps = max_steps
         self.input_key = input_key

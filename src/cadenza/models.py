@@ -8,6 +8,7 @@ provider factory registered for its prefix, so the CLI can override any workflow
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -168,10 +169,10 @@ def resolve_model(model: str | Model) -> Model:
             f"(known providers: {', '.join(sorted(_known_prefixes()))})"
         )
     factory = _providers.get(prefix)
-    if factory is None and prefix == "scripted":
-        from . import testing  # registers the 'scripted' provider on import
-
-        factory = _providers.get(prefix) or testing.scripted_provider
+    if factory is None and prefix in _BUILTIN:
+        module, attr = _BUILTIN[prefix].split(":")
+        factory = getattr(importlib.import_module(module), attr)
+        _providers.setdefault(prefix, factory)
     if factory is None:
         raise ConfigError(
             f"unknown model provider {prefix!r} in {model!r}; known providers: "
@@ -180,5 +181,12 @@ def resolve_model(model: str | Model) -> Model:
     return factory(rest)
 
 
+# Providers shipped with Cadenza, imported on first use (their dependencies are extras).
+_BUILTIN = {
+    "scripted": "cadenza.testing:scripted_provider",
+    "local": "cadenza.providers.local:local_provider",
+}
+
+
 def _known_prefixes() -> set[str]:
-    return set(_providers) | {"scripted"}
+    return set(_providers) | set(_BUILTIN)

