@@ -300,9 +300,16 @@ def test_run_graph_with_text_for_input_key(cli: Cli) -> None:
     }
 
 
-def test_run_graph_with_input_key_still_takes_json(cli: Cli) -> None:
-    # README: graphs take JSON (or text for their input_key)
-    out = cli("run", "flows.py:triage", '{"text": "disk full", "priority": 2}', "--json")
+def test_run_graph_with_input_key_takes_json_only_when_asked(cli: Cli) -> None:
+    # Text always fills the input_key (whoever writes it must not set the rest of the state);
+    # --input-json passes a whole JSON state.
+    text = cli("run", "flows.py:triage", '{"text": "x", "priority": 2}', "--json")
+    assert text.code == 0, text.stderr
+    assert text.json()["output"]["text"] == '{"text": "x", "priority": 2}'
+    assert text.json()["output"]["priority"] == 0
+    out = cli(
+        "run", "flows.py:triage", '{"text": "disk full", "priority": 2}', "--input-json", "--json"
+    )
     assert out.code == 0, out.stderr
     assert out.json()["output"] == {
         "text": "disk full",

@@ -75,15 +75,16 @@ class GraphRunner:
             return input  # pyright: ignore[reportUnknownVariableType]
         if isinstance(input, str):
             key = self.graph.input_key
+            if key is not None:
+                # Text is always the input field, even text that looks like JSON: whoever
+                # writes the message must not be able to set the rest of the state.
+                return {key: input}
             try:
-                parsed = json.loads(input) if input.lstrip().startswith("{") else None
+                parsed = json.loads(input)
             except json.JSONDecodeError:
                 parsed = None
-            # A JSON object of state fields is the state; any other text fills input_key.
-            if isinstance(parsed, dict) and (key is None or parsed.keys() <= self.fields):
+            if isinstance(parsed, dict):
                 return cast(dict[str, Any], parsed)
-            if key is not None:
-                return {key: input}
             raise ConfigError(
                 f"graph {self.graph.name!r} takes a JSON object as input (fields of "
                 f"{self.state_type.__name__}: {', '.join(sorted(self.fields))}); got plain text. "

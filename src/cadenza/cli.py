@@ -156,17 +156,32 @@ def run(
     thread: Annotated[
         str | None, typer.Option("--thread", "-t", help="Conversation thread to continue.")
     ] = None,
+    input_json: Annotated[
+        bool,
+        typer.Option(
+            "--input-json",
+            help="INPUT is a JSON object of graph state fields (for graphs that take text).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     store: StoreOpt = None,
 ) -> None:
     """Run a workflow on one input."""
     wf = _load(workflow)
+    value: Any = input
+    if input_json:
+        try:
+            value = json.loads(input)
+        except json.JSONDecodeError as exc:
+            _fail(f"--input-json: INPUT is not valid JSON ({exc})")
+        if not isinstance(value, dict) or wf.kind != "graph":
+            _fail("--input-json takes a JSON object, for graph workflows")
     st = _store(store)
     target, _, name = workflow.rpartition(":")
     ref = (
         f"{os.path.abspath(target)}:{name}" if target.endswith(".py") or "/" in target else workflow
     )
-    result = _call(lambda: wf.run(input, store=st, thread=thread, model=model, ref=ref))
+    result = _call(lambda: wf.run(value, store=st, thread=thread, model=model, ref=ref))
     _print_result(result, as_json)
 
 

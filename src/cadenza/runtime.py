@@ -289,8 +289,8 @@ async def _drive(
             await run.commit()
         except CadenzaError:
             pass  # the original failure matters more than a failed status write
-        if isinstance(exc, RunError) and exc.run_id is None:
-            exc.run_id = rec.id
+        if isinstance(exc, RunError) and (exc.run_id is None or top):
+            exc.run_id = rec.id  # the run the caller started (child runs are in its journal)
         raise
     rec.status = "finished"
     rec.output = output_json

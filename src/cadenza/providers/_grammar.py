@@ -1,8 +1,8 @@
 """GBNF grammars (llama.cpp) that make a local model's output well-formed by construction.
 
-With tools offered, the model may only produce a final answer (text that does not start with
-`<`) or one or more `<tool_call>{"name": ..., "arguments": ...}</tool_call>` blocks, where the
-name is one of the offered tools and the arguments satisfy that tool's JSON Schema. With an
+With tools offered, the model may only produce a final answer (text that does not open like a
+call) or one or more `{"name": ..., "arguments": ...}` calls (bare or in `<tool_call>` tags),
+where the name is one of the offered tools and the arguments satisfy that tool's JSON Schema. With an
 output schema, it may only produce a JSON value of that schema.
 """
 
@@ -63,13 +63,19 @@ def schema_rules(schema: dict[str, Any], root: str) -> str:
 
 
 def tools_grammar(tools: list[ToolSpec]) -> str:
-    """Grammar for 'a final answer, or tool calls to known tools with valid arguments'."""
+    """Grammar for 'a final answer, or tool calls to known tools with valid arguments'.
+
+    A call is one line of JSON, optionally inside `<tool_call>` tags (models trained on either
+    style find their natural path); several calls go on separate lines. An answer cannot open
+    like a call (`{`, `[`, `<`) or with a code fence, so a call cannot hide inside one.
+    """
     call = schema_rules(tool_call_schema(tools), "call")
     return "\n".join(
         [
             "root ::= calls | answer",
-            'calls ::= "<tool_call>\\n" call "\\n</tool_call>" ("\\n<tool_call>\\n" call "\\n</tool_call>")*',
-            "answer ::= [^<\\x00] [^\\x00]*",
+            'calls ::= one ("\\n" one)*',
+            'one ::= call | "<tool_call>\\n" call "\\n</tool_call>"',
+            "answer ::= [^<{[` \\t\\n\\x00] [^\\x00]*",
             call,
         ]
     )

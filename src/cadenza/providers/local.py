@@ -11,6 +11,7 @@ serialised (llama.cpp contexts are not thread-safe) and run in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib
 import itertools
 import json
@@ -37,6 +38,7 @@ from ._grammar import output_grammar, tools_grammar
 __all__ = ["LocalModel", "load_llama"]
 
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 _loaded: dict[str, Any] = {}
 _load_lock = threading.Lock()
 _ids = itertools.count(1)
@@ -90,8 +92,18 @@ def load_llama(path: Path, *, n_ctx: int = 4096, n_threads: int | None = None) -
                 n_batch=512, verbose=False, seed=0,
             )  # fmt: skip
             llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=512 << 20))
+            if not _loaded:
+                atexit.register(_close_all)
             _loaded[key] = llm
     return llm
+
+
+def _close_all() -> None:
+    # Free the models while the interpreter is intact (at teardown llama.cpp's bindings are
+    # half gone and freeing raises).
+    for llm in _loaded.values():
+        llm.close()
+    _loaded.clear()
 
 
 class LocalModel:
@@ -252,42 +264,52 @@ class LocalModel:
 
 
 def parse_output(text: str, request: ModelRequest) -> tuple[list[ToolCall], str]:
-    """Tool calls found in the model's text, and the remaining answer text.
+    """Tool calls found in the model's text, and the answer text when there are none.
 
-    Malformed calls (bad JSON, no name) are kept as calls to a tool named after the problem, so
-    the Gate refuses them and the model is told what was wrong.
+    A call is a JSON object with a "name" (and "arguments"), alone on its line(s), bare or in
+    `<tool_call>` tags, possibly in a code fence. Malformed calls become calls to a tool named
+    "(malformed tool call)", so the Gate refuses them and tells the model what was wrong.
     """
-    if request.output_schema is not None or "<tool_call>" not in text:
+    if request.output_schema is not None or not request.tools:
+        return [], text.strip()
+    body = _FENCE.sub(r"\1", text.strip())
+    blocks = _TOOL_CALL.findall(body)
+    if not blocks and body.startswith("{") and '"name"' in body:
+        blocks = [body]
+    if not blocks:
         return [], text.strip()
     calls: list[ToolCall] = []
-    for raw in _TOOL_CALL.findall(text):
+    for block in blocks:
+        for raw in _split_objects(block):
+            calls.append(_call_from(raw))
+    return calls, ""
+
+
+def _split_objects(block: str) -> list[str]:
+    """Top-level JSON objects in `block` (one per line, or one spanning several lines)."""
+    lines = [ln.strip() for ln in block.strip().splitlines() if ln.strip()]
+    if all(ln.startswith("{") and ln.endswith("}") for ln in lines):
+        return lines
+    return [block.strip()]
+
+
+def _call_from(raw: str) -> ToolCall:
+    bad = ToolCall(f"call_{next(_ids)}", "(malformed tool call)", {"raw": raw[:200]})
+    try:
+        obj: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        return bad
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return bad
+    args: Any = obj.get("arguments", {})
+    if isinstance(args, str):
         try:
-            obj: Any = json.loads(raw)
+            args = json.loads(args)
         except json.JSONDecodeError:
-            calls.append(
-                ToolCall(f"call_{next(_ids)}", "(malformed tool call)", {"raw": raw[:200]})
-            )
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            calls.append(
-                ToolCall(f"call_{next(_ids)}", "(malformed tool call)", {"raw": raw[:200]})
-            )
-            continue
-        args: Any = obj.get("arguments", {})
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                args = {"raw": args}
-        calls.append(
-            ToolCall(
-                f"call_{next(_ids)}",
-                obj["name"],
-                args if isinstance(args, dict) else {"value": args},
-            )
-        )
-    rest = _TOOL_CALL.sub("", text).strip()
-    return calls, rest if not calls else ""
+            return bad
+    return ToolCall(
+        f"call_{next(_ids)}", str(obj["name"]), args if isinstance(args, dict) else {"value": args}
+    )
 
 
 def _to_chat(m: Message) -> dict[str, Any]:

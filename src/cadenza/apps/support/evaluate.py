@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ...stores import MemoryStore
-from .bot import HERE, build
 from .tickets import TicketDesk
+from .workflow import HERE, build
 
 __all__ = ["Case", "Report", "evaluate", "load_cases"]
 

@@ -96,6 +96,11 @@ class TicketDesk:
         with self._lock:
             return [_ticket(r) for r in self._db.execute(sql, args)]
 
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
     def get(self, ticket_id: str) -> Ticket | None:
         """The ticket with that id."""
         try:

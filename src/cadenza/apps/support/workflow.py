@@ -166,10 +166,6 @@ async def _ticket(state: SupportState, ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def _answer_prompt(state: SupportState) -> str:
-    return state.message[:MAX_CHARS]
-
-
 def _answer_vars(state: SupportState) -> dict[str, Any]:
     article = knowledge_base().get(state.article_id or "")
     assert article is not None
@@ -188,7 +184,7 @@ def build(model: str = DEFAULT_MODEL, prompts: PromptLibrary | None = None) -> A
     )  # fmt: skip
 
     answerer = Agent(
-        model, name="answerer", instructions=_AnswerInstructions(answer_prompt),
+        model, name="answerer", instructions=answer_prompt,
         settings=ModelSettings(temperature=0.0, max_tokens=160),
     )  # fmt: skip
 
@@ -218,18 +214,9 @@ def build(model: str = DEFAULT_MODEL, prompts: PromptLibrary | None = None) -> A
     return g.compile()
 
 
-class _AnswerInstructions:
-    """Instructions for the answer agent: the prompt filled with the article found."""
-
-    def __init__(self, template: Any) -> None:
-        self.template = template
-
-    def __call__(self, ctx: RunContext) -> str:
-        return str(self.template.render(_answer_vars(ctx.state)))
-
-
-def _answer_input(state: SupportState) -> str:
-    return _answer_prompt(state)
+def _answer_input(state: SupportState) -> dict[str, Any]:
+    # The article travels in the child run's input, so resume and replay see the same one.
+    return {"prompt": state.message[:MAX_CHARS], "vars": _answer_vars(state)}
 
 
 bot = build()
