@@ -36,7 +36,9 @@ def search_kb(query: str, limit: int = 3) -> list[str]:
 
 
 @tool
-def create_ticket(subject: str, description: str, priority: Literal["low", "normal", "high"] = "normal") -> str:
+def create_ticket(
+    subject: str, description: str, priority: Literal["low", "normal", "high"] = "normal"
+) -> str:
     """Open a support ticket.
 
     Args:
@@ -141,7 +143,9 @@ REQUESTS = [
 ]
 
 
-def classify(calls_text: str, response_calls: list[tuple[str, dict[str, object]]]) -> tuple[int, int]:
+def classify(
+    calls_text: str, response_calls: list[tuple[str, dict[str, object]]]
+) -> tuple[int, int]:
     """(good calls, bad calls) among the calls the model produced."""
     good = bad = 0
     for name, args in response_calls:
@@ -158,7 +162,9 @@ def classify(calls_text: str, response_calls: list[tuple[str, dict[str, object]]
 
 
 async def run(model_name: str, limit: int | None) -> dict[str, dict[str, float]]:
-    system = Message.system("You are an assistant with tools. Call a tool when one fits the request.")
+    system = Message.system(
+        "You are an assistant with tools. Call a tool when one fits the request."
+    )
     out: dict[str, dict[str, float]] = {}
     for constrained in (True, False):
         model = LocalModel(model_name, constrained=constrained)
@@ -191,7 +197,9 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(run(args.model, args.limit))
     print(json.dumps(result, indent=2))
-    assert result["constrained"]["malformed_or_unknown_calls"] == 0, "the grammar let a bad call through"
+    assert result["constrained"]["malformed_or_unknown_calls"] == 0, (
+        "the grammar let a bad call through"
+    )
 
 
 if __name__ == "__main__":

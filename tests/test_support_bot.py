@@ -37,7 +37,7 @@ from cadenza.testing import ScriptedModel
 support_bot = importlib.import_module("cadenza.apps.support.workflow")
 
 HERE = Path(support_bot.__file__).parent
-CLASSIFY_PROMPT = (HERE / "prompts" / "classify@1.0.0.md").read_text(encoding="utf-8")
+CLASSIFY_PROMPT = (HERE / "prompts" / "classify@1.1.0.md").read_text(encoding="utf-8")
 MAX_CHARS: int = support_bot.MAX_CHARS
 FOUND: float = support_bot.FOUND
 USER = Principal("u-42")
@@ -55,6 +55,10 @@ _names = itertools.count(1)
 # --- helpers -------------------------------------------------------------------------------
 
 
+KIND = {"FAQ": "question", "Billing": "money", "Technical": "broken", "Other": "other"}
+"""The classifier's labels for each intent."""
+
+
 def scripted(
     intent: str | Callable[[ModelRequest], Any] = "FAQ",
     answer: str | Callable[[ModelRequest], Any] = ANSWER,
@@ -63,7 +67,7 @@ def scripted(
 
     def respond(request: ModelRequest) -> Any:
         if request.output_schema is not None:  # the classifier
-            return intent(request) if callable(intent) else {"intent": intent}
+            return intent(request) if callable(intent) else {"kind": KIND[intent]}
         return answer(request) if callable(answer) else answer
 
     return ScriptedModel(respond, name=f"support-test-{next(_names)}")
@@ -82,7 +86,8 @@ def system_text(request: ModelRequest) -> str:
 
 
 def first_user_text(request: ModelRequest) -> str:
-    return next(m.text for m in request.messages if m.role == "user")
+    """The customer's message: the last user turn (earlier ones are few-shot examples)."""
+    return [m.text for m in request.messages if m.role == "user"][-1]
 
 
 def only_ticket(desk: TicketDesk) -> Ticket:
@@ -121,9 +126,11 @@ async def ask(
     store: MemoryStore,
     deps: SimpleNamespace,
     principal: Principal = USER,
+    answer: str = "quote",
 ) -> tuple[SupportState, str]:
     """Run the bot built on `model`; return the final state and the run id."""
-    result = await build(model.name).run(message, store=store, deps=deps, principal=principal)
+    bot = build(model.name, answer=answer)  # type: ignore[arg-type]
+    result = await bot.run(message, store=store, deps=deps, principal=principal)
     assert result.status == "finished"
     assert isinstance(result.output, SupportState)
     return result.output, result.run_id
@@ -156,7 +163,7 @@ async def test_faq_found_in_kb_is_answered_from_the_article(
     article = kb.get("KB-101")
     assert article is not None and "reset" in article.title.lower()
     model = scripted("FAQ")
-    state, _ = await ask("How do I reset my password?", model, store, deps)
+    state, _ = await ask("How do I reset my password?", model, store, deps, answer="generate")
 
     assert state.intent == "FAQ"
     assert state.route == "answer"
@@ -168,8 +175,25 @@ async def test_faq_found_in_kb_is_answered_from_the_article(
     assert article.id in state.reply
     assert desk.list() == []
     (answer_request,) = answer_requests(model)
-    assert article.body in system_text(answer_request)
+    heading, section = kb.best_section(article, "How do I reset my password?")
+    assert heading == "Reset a forgotten password"
+    assert section in system_text(answer_request)
     assert first_user_text(answer_request) == "How do I reset my password?"
+
+
+async def test_faq_answer_quotes_the_fitting_section_without_a_model_call(
+    store: MemoryStore, deps: SimpleNamespace
+) -> None:
+    kb = support_bot.knowledge_base()
+    article = kb.get("KB-101")
+    assert article is not None
+    model = scripted("FAQ")
+    state, _ = await ask("I didn't get the reset email, what now?", model, store, deps)
+    assert state.route == "answer" and state.article_id == "KB-101"
+    heading, section = kb.best_section(article, "I didn't get the reset email, what now?")
+    assert heading.startswith("Didn't get the reset email")
+    assert section in state.reply and article.id in state.reply
+    assert answer_requests(model) == []  # one model call: the classification
 
 
 async def test_faq_not_in_kb_opens_a_ticket(
@@ -665,8 +689,9 @@ def test_load_cases_has_both_splits_and_valid_labels() -> None:
 
 def test_prompt_library_versions() -> None:
     library = PromptLibrary(HERE / "prompts")
+    assert library.get("classify", "~=1.0.0").version == "1.0.0"  # pinned: rolled back
     classify = library.get("classify", "^1.0")
-    assert classify.version == "1.0.0"
+    assert classify.version == "1.1.0"
     assert classify.name == "classify"
     assert classify.text == CLASSIFY_PROMPT
     assert library.get("answer", "^1.0").variables == {

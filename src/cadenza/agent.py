@@ -42,6 +42,8 @@ class Agent(Generic[OutputT]):
         settings: Sampling settings for every request.
         max_retries: How many invalid tool calls or invalid final answers the model may
             correct before the run fails.
+        examples: Few-shot pairs (input text, ideal answer: text, or a value of
+            `output_type`), shown to the model as earlier turns of the conversation.
 
     """
 
@@ -57,6 +59,7 @@ class Agent(Generic[OutputT]):
         budget: Budget | None = None,
         settings: ModelSettings | None = None,
         max_retries: int = 3,
+        examples: Iterable[tuple[str, Any]] = (),
     ) -> None:
         self.model = model
         self._name = name
@@ -72,6 +75,12 @@ class Agent(Generic[OutputT]):
         self.budget = budget
         self.settings = settings or ModelSettings()
         self.max_retries = max_retries
+        self.examples = [
+            m
+            for prompt, answer in examples
+            for m in (Message.user(prompt), Message.assistant(_example_text(answer)))
+        ]
+        """Few-shot turns shown after the instructions (user input, then the ideal answer)."""
 
     @property
     def name(self) -> str:
@@ -226,12 +235,15 @@ class Agent(Generic[OutputT]):
             prompt, values = d["prompt"], d.get("vars")
         system = render_instructions(self.instructions, run.ctx, values)
         messages: list[Message] = [Message.system(system)] if system else []
+        messages.extend(self.examples)
         if run.record.thread and not run.replaying:
             for prior in reversed(await run.store.list_runs(thread=run.record.thread, limit=1000)):
                 if prior.id != run.run_id and prior.status == "finished" and prior.kind == "agent":
-                    messages.extend(
+                    # Earlier turns only: not their instructions or few-shot examples.
+                    prior_msgs = [
                         m for m in await run.store.messages(prior.id) if m.role != "system"
-                    )
+                    ]
+                    messages.extend(prior_msgs[len(self.examples) :])
         messages.append(Message.user(str(prompt)))
         return messages
 
@@ -323,6 +335,14 @@ _REFUSAL_PREFIXES = ("unknown tool ", "invalid arguments for ")
 
 def _is_refusal(content: Any) -> bool:
     return isinstance(content, str) and content.startswith(_REFUSAL_PREFIXES)
+
+
+def _example_text(answer: Any) -> str:
+    if isinstance(answer, str):
+        return answer
+    from pydantic_core import to_json
+
+    return to_json(answer).decode()
 
 
 def _strip_fences(text: str) -> str:

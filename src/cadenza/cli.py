@@ -336,7 +336,7 @@ def models_list(as_json: JsonOpt = False) -> None:
     """Show the catalog and which models are installed or assembled."""
     from .providers import catalog
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": e.name, "status": catalog.status(e), "size_mb": round(e.size / 1e6) if e.size else None,
          "description": e.description, "install": e.pip_install, "path": str(catalog.model_path(e))}
         for e in catalog.CATALOG.values()

@@ -20,7 +20,7 @@ import re
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigError, ModelError
 from ..messages import Message, ToolCall, Usage
@@ -299,17 +299,21 @@ def _call_from(raw: str) -> ToolCall:
         obj: Any = json.loads(raw)
     except json.JSONDecodeError:
         return bad
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+    if not isinstance(obj, dict):
         return bad
-    args: Any = obj.get("arguments", {})
+    call = cast(dict[str, Any], obj)
+    name = call.get("name")
+    if not isinstance(name, str):
+        return bad
+    args: Any = call.get("arguments", {})
     if isinstance(args, str):
         try:
             args = json.loads(args)
         except json.JSONDecodeError:
             return bad
-    return ToolCall(
-        f"call_{next(_ids)}", str(obj["name"]), args if isinstance(args, dict) else {"value": args}
-    )
+    if not isinstance(args, dict):
+        args = {"value": args}
+    return ToolCall(f"call_{next(_ids)}", name, cast(dict[str, Any], args))
 
 
 def _to_chat(m: Message) -> dict[str, Any]:

@@ -86,6 +86,25 @@ class KnowledgeBase:
             raise FileNotFoundError(f"no *.md articles in {folder}")
         return cls(articles)
 
+    def best_section(self, article: Article, query: str) -> tuple[str, str]:
+        """The (heading, text) of the article section that best matches `query`.
+
+        Sections are the `##` parts of the article; a question about one case of a topic
+        ("didn't get the reset email") gets that case, not the whole article.
+        """
+        sections = _sections(article)
+        terms = set(tokenize(query))
+
+        def overlap(section: tuple[str, str]) -> float:
+            words = tokenize(f"{section[0]} {section[0]} {section[1]}")
+            if not words:
+                return 0.0
+            hits = sum(1 for w in words if w in terms)
+            idf = sum(math.log(1 + len(self._docs) / (1 + self._df[w])) for w in set(words) & terms)
+            return idf + hits / len(words)
+
+        return max(sections, key=overlap)
+
     def get(self, article_id: str) -> Article | None:
         """The article with that id."""
         return next((a for a in self.articles if a.id == article_id), None)
@@ -108,6 +127,24 @@ class KnowledgeBase:
                 scored.append(Hit(art, score))
         scored.sort(key=lambda h: h.score, reverse=True)
         return scored[:k]
+
+
+def _sections(article: Article) -> list[tuple[str, str]]:
+    """(heading, text) of each `##` section; the text before the first one is the intro."""
+    out: list[tuple[str, str]] = []
+    heading, lines = "", list[str]()
+    for line in article.body.splitlines():
+        if line.startswith("# "):
+            continue
+        if line.startswith("## "):
+            if "\n".join(lines).strip():
+                out.append((heading, "\n".join(lines).strip()))
+            heading, lines = line[3:].strip(), []
+        elif not line.startswith("**Still stuck?**"):
+            lines.append(line)
+    if "\n".join(lines).strip():
+        out.append((heading, "\n".join(lines).strip()))
+    return out or [("", article.body)]
 
 
 def _parse(path: Path) -> Article:
