@@ -66,6 +66,7 @@ class Agent(Generic[OutputT]):
         self.instructions = instructions
         self.tools = resolve_tools(tools, registry)
         self._specs = [t.spec for t in self.tools.values()]
+        self._tool_names = [t.name for t in self._specs]
         self.output_type = output_type
         self._adapter: TypeAdapter[Any] | None = None
         self._schema: dict[str, Any] | None = None
@@ -251,8 +252,9 @@ class Agent(Generic[OutputT]):
         self, run: RunHandle, model: Model, messages: list[Message]
     ) -> ModelResponse:
         s = self.settings
-        settings = ModelSettings(s.temperature, s.max_tokens, s.seed, s.extra)
-        request = ModelRequest(list(messages), self._specs, self._schema, settings)
+        if run.budget.caps_output:  # the budget will lower max_tokens: work on a copy
+            s = ModelSettings(s.temperature, s.max_tokens, s.seed, s.extra)
+        request = ModelRequest(list(messages), self._specs, self._schema, s)
         if not run.replaying:
             run.budget.before_model(request, getattr(model, "price", None))
         run.step += 1
@@ -260,7 +262,7 @@ class Agent(Generic[OutputT]):
         run.emit(
             "model.requested",
             {"step": step, "agent": self.name, "model": model.name, "messages": len(messages),
-             "tools": [t.name for t in self._specs]},
+             "tools": self._tool_names},
         )  # fmt: skip
         start = time.perf_counter()
         if run.recording is not None:

@@ -67,6 +67,11 @@ class BudgetTracker:
         t = budget.timeout
         self.deadline = None if t is None else time.monotonic() + t
 
+    @property
+    def caps_output(self) -> bool:
+        """Whether `before_model` may lower a request's max_tokens (tokens or cost budget)."""
+        return self.budget.max_tokens is not None or self.budget.max_cost is not None
+
     def remaining_time(self) -> float | None:
         """Seconds left before the deadline (None when there is none)."""
         return None if self.deadline is None else self.deadline - time.monotonic()

@@ -114,7 +114,7 @@ def _jsonable(value: Any) -> Any:
     return to_jsonable_python(value, fallback=str)
 
 
-def _print_result(result: Any, as_json: bool) -> None:
+def _print_result(result: Any, as_json: bool, wf: Any = None) -> None:
     if as_json:
         out.print_json(
             data={
@@ -132,7 +132,21 @@ def _print_result(result: Any, as_json: bool) -> None:
         out.print(f"answer with: cadenza runs resume {result.run_id} --answer '...'", style="dim")
         return
     output = result.output
-    if isinstance(output, str):
+    key = getattr(getattr(wf, "graph", None), "output_key", None)
+    if key is not None and output is not None:
+        out.print(str(getattr(output, key)), markup=False)
+        summary = {
+            k: v for k, v in _jsonable(output).items() if k != key and v not in (None, "", [], {})
+        }
+        err.print(
+            escape(
+                " · ".join(
+                    f"{k}: {v}" for k, v in summary.items() if not isinstance(v, dict | list)
+                )[:400]
+            ),
+            style="dim",
+        )
+    elif isinstance(output, str):
         out.print(output, markup=False)
     else:
         out.print_json(data=_jsonable(output))
@@ -182,7 +196,7 @@ def run(
         f"{os.path.abspath(target)}:{name}" if target.endswith(".py") or "/" in target else workflow
     )
     result = _call(lambda: wf.run(value, store=st, thread=thread, model=model, ref=ref))
-    _print_result(result, as_json)
+    _print_result(result, as_json, wf)
 
 
 @app.command()

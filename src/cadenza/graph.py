@@ -98,6 +98,7 @@ class Graph(Generic[S]):
         name: Recorded with every run.
         max_steps: Bound on node executions per run (guards every loop).
         input_key: Field that a plain-text input fills (e.g. from the CLI).
+        output_key: Field the CLI shows as the answer.
         tools: Tools (or requirement strings) that nodes may call through the Gate with
             `ctx.call_tool(name, **arguments)`.
         registry: Where requirement strings are resolved.
@@ -111,6 +112,7 @@ class Graph(Generic[S]):
         name: str = "graph",
         max_steps: int = 100,
         input_key: str | None = None,
+        output_key: str | None = None,
         tools: Iterable[Tool | str] = (),
         registry: ToolRegistry | None = None,
     ) -> None:
@@ -124,6 +126,10 @@ class Graph(Generic[S]):
         self.name = name
         self.max_steps = max_steps
         self.input_key = input_key
+        if output_key is not None and output_key not in state.model_fields:
+            raise ConfigError(f"output_key {output_key!r} is not a field of {state.__name__}")
+        self.output_key = output_key
+        """The field the CLI prints as the run's answer (`--json` prints the whole state)."""
         self.nodes: dict[str, NodeSpec] = {}
         self.edges: list[tuple[str, str]] = []
         self.routes: dict[str, tuple[Callable[[Any], Any], dict[str, str]]] = {}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Callable, Iterable
-from typing import Any, overload
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, cast, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import to_jsonable_python
@@ -98,15 +98,18 @@ class Tool:
         inst = self._validator.validate_python(arguments)
         return {k: getattr(inst, k) for k in self._arg_names}
 
-    async def invoke(self, kwargs: dict[str, Any], ctx: RunContext | None) -> Any:
-        """Call the function with validated arguments (sync functions run in a worker thread)."""
+    def invoke(self, kwargs: dict[str, Any], ctx: RunContext | None) -> Awaitable[Any]:
+        """Call the function with validated arguments (sync functions run in a worker thread).
+
+        Returns the awaitable of the call itself (no wrapper coroutine on the hot path).
+        """
         if self._ctx_param is not None:
             kwargs = {**kwargs, self._ctx_param: ctx}
         if self.is_async:
-            return await self.fn(**kwargs)
+            return cast(Awaitable[Any], self.fn(**kwargs))
         import asyncio
 
-        return await asyncio.to_thread(self.fn, **kwargs)
+        return asyncio.to_thread(self.fn, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the underlying function directly (handy in unit tests)."""

@@ -248,7 +248,10 @@ def build(
         settings=ModelSettings(temperature=0.0, max_tokens=120),
     )  # fmt: skip
 
-    g = Graph(SupportState, name="support", input_key="message", tools=[search_kb, create_ticket])
+    g = Graph(
+        SupportState, name="support", input_key="message", output_key="reply",
+        tools=[search_kb, create_ticket],
+    )  # fmt: skip
     g.add_node("check", _check)
     g.add_node(
         "classify", classifier, input=lambda s: s.message[:MAX_CHARS],
