@@ -43,8 +43,10 @@ def median_of(fn: Callable[[], float]) -> float:
 
 def report(name: str, value: float, unit: str, baseline: float, target: str) -> dict[str, object]:
     ratio = value / baseline if baseline else float("nan")
+    digits = 3 if unit.startswith("s") else 1
     print(
-        f"{name:4s} {value:10.1f} {unit:8s} baseline {baseline:9.1f} {unit:8s} ratio {ratio:6.1f}x   target {target}"
+        f"{name:4s} {value:10.{digits}f} {unit:8s} baseline {baseline:9.{digits}f} {unit:8s} "
+        f"ratio {ratio:6.1f}x   target {target}"
     )
     return {"name": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio}
 

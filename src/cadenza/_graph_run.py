@@ -337,21 +337,22 @@ class GraphRunner:
         upd = cast(dict[str, Any], update)
         if not upd:
             return state, False
-        unknown = upd.keys() - self.fields
-        if unknown:
+        fields = self.fields
+        if any(k not in fields for k in upd):
+            unknown = upd.keys() - fields
             raise RunError(
                 f"node {node!r} updated unknown field(s) {', '.join(sorted(unknown))}; "
                 f"{self.state_type.__name__} has {', '.join(sorted(self.fields))}"
             )
         values = dict(state.__dict__)
-        slow: list[str] = []
+        slow: list[str] | None = None
         exact = self.exact
         for k, v in upd.items():
             if reduce and k in self.reducers:
                 v = self.reducers[k].fn(getattr(state, k), v)
             values[k] = v
             if type(v) is not exact.get(k):
-                slow.append(k)
+                slow = [k] if slow is None else [*slow, k]
         # A shallow copy without re-validating the unchanged fields (model_copy is 3x slower).
         new = _new(self.state_type)
         _set(new, "__dict__", values)
@@ -363,7 +364,7 @@ class GraphRunner:
         private = state.__pydantic_private__
         _set(new, "__pydantic_private__", None if private is None else dict(private))
         try:
-            for k in slow:
+            for k in slow or ():
                 self.validator.validate_assignment(new, k, values[k])
         except ValidationError as exc:
             e = exc.errors(include_url=False)[0]

@@ -18,6 +18,7 @@ from .stores._base import Batch, Checkpoint, Event, RunRecord, StateStore, ToolR
 Listener = Callable[[Event], None]
 
 _now = time.time
+_NO_LISTENERS: list[Listener] = []  # shared, never appended to
 
 NO_ANSWER: Any = object()
 """Marks 'no human answer given' (None is a valid answer)."""
@@ -109,7 +110,7 @@ class RunHandle:
         self.record = record
         self.ctx = ctx
         self.budget = budget
-        self.listeners = listeners or []
+        self.listeners: list[Listener] = listeners or _NO_LISTENERS
         self.recording = recording
         self.replaying = recording is not None
         self.seq = seq
@@ -212,7 +213,7 @@ class RunHandle:
         """Durably write an idempotency record now, with the events pending before it."""
         if self.replaying:
             return
-        self.batch.tool_records.append(rec)
+        self.batch.tool_records = [*self.batch.tool_records, rec]
         await self.commit()
 
     def checkpoint_of(self, cp: Checkpoint | None) -> None:

@@ -85,6 +85,9 @@ class ToolRecord:
     """The tool result (a `ToolResult` as JSON) once done."""
 
 
+_NONE: list[Any] = []
+
+
 class Batch:
     """Everything one step writes, committed in one transaction."""
 
@@ -104,24 +107,24 @@ class Batch:
         self.run_new = False
         """`run` is written for the first time (else only its status, output, error changed)."""
         self.events: list[Event] = []
-        self.messages: list[Message] = []
+        # Shared empty lists until a step has messages or tool records: never mutated in
+        # place (writers assign new lists), so most batches allocate one list, not three.
+        self.messages: list[Message] = _NONE
         self.msg_start = 0
         self.checkpoint: Checkpoint | None = None
         self.state_changed = False
-        self.tool_records: list[ToolRecord] = []
+        self.tool_records: list[ToolRecord] = _NONE
 
     def reset(self) -> None:
         """Empty the batch for the next step (stores never keep references to its lists)."""
         self.run = None
         self.run_new = False
         self.events.clear()
-        if self.messages:
-            self.messages = []
+        self.messages = _NONE
         self.msg_start = 0
         self.checkpoint = None
         self.state_changed = False
-        if self.tool_records:
-            self.tool_records = []
+        self.tool_records = _NONE
 
 
 @runtime_checkable
