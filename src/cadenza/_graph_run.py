@@ -334,11 +334,11 @@ class GraphRunner:
                 f"node {node!r} returned {type(update).__name__}; return a dict of field updates, "
                 f"a {self.state_type.__name__}, or None"
             )
-        upd = cast(dict[str, Any], update)
+        upd: dict[str, Any] = update  # pyright: ignore[reportUnknownVariableType]
         if not upd:
             return state, False
         fields = self.fields
-        if any(k not in fields for k in upd):
+        if not upd.keys() <= fields:
             unknown = upd.keys() - fields
             raise RunError(
                 f"node {node!r} updated unknown field(s) {', '.join(sorted(unknown))}; "
@@ -393,7 +393,7 @@ _set = object.__setattr__
 
 def _update_json(update: Any) -> Any:
     if type(update) is dict:
-        return cast(dict[str, Any], update)
+        return update  # pyright: ignore[reportUnknownVariableType]
     if isinstance(update, BaseModel):
         return update.model_dump(mode="json")
     return update

@@ -19,6 +19,7 @@ Listener = Callable[[Event], None]
 
 _now = time.time
 _NO_LISTENERS: list[Listener] = []  # shared, never appended to
+_NONE: list[Any] = []  # a checkpoint's messages, when it carries none (shared, never mutated)
 
 NO_ANSWER: Any = object()
 """Marks 'no human answer given' (None is a valid answer)."""
@@ -188,14 +189,14 @@ class RunHandle:
             if messages is not None:
                 data["messages"] = len(messages)
             data["seq"] = self.seq  # the journal position this checkpoint closes
-            b.checkpoint = Checkpoint(self.step, data, state)
+            b.checkpoint = Checkpoint(self.step, data, state, _NONE)
             b.state_changed = b.state_changed or state_changed
 
     def stage_checkpoint(self, data: dict[str, Any], state: Any, state_changed: bool) -> None:
         """`stage` for the common case: a checkpoint with state and no messages."""
         b = self.batch
         data["seq"] = self.seq
-        b.checkpoint = Checkpoint(self.step, data, state)
+        b.checkpoint = Checkpoint(self.step, data, state, _NONE)
         if state_changed:
             b.state_changed = True
 

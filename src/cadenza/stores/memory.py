@@ -45,7 +45,7 @@ class MemoryStore:
         if cp is not None:
             if not batch.state_changed:
                 prev = self._checkpoints.get(run_id)
-                cp = Checkpoint(cp.seq, cp.data, prev.state if prev else None)
+                cp = Checkpoint(cp.seq, cp.data, prev.state if prev else None, cp.messages)
             self._checkpoints[run_id] = cp
         for rec in batch.tool_records:
             self._tools[rec.key] = rec
