@@ -57,6 +57,13 @@ StoreOpt = Annotated[
                  "(default: $CADENZA_STORE or .cadenza/cadenza.db)."),
 ]  # fmt: skip
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+RunIdArg = Annotated[str, typer.Argument(help="The run id.")]
+WorkflowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--workflow", help="Use this workflow (path/file.py:name) instead of the run's own."
+    ),
+]
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -248,7 +255,7 @@ def runs_list(
 
 @runs_app.command("show")
 def runs_show(
-    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    run_id: RunIdArg,
     as_json: JsonOpt = False,
     store: StoreOpt = None,
 ) -> None:
@@ -281,15 +288,12 @@ def runs_show(
 
 @runs_app.command("resume")
 def runs_resume(
-    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    run_id: RunIdArg,
     answer: Annotated[
         str | None,
         typer.Option("--answer", help="Answer for a run waiting on human input (JSON or text)."),
     ] = None,
-    workflow: Annotated[
-        str | None,
-        typer.Option("--workflow", help="Load the workflow from here instead of the run's record."),
-    ] = None,
+    workflow: WorkflowOpt = None,
     as_json: JsonOpt = False,
     store: StoreOpt = None,
 ) -> None:
@@ -307,11 +311,8 @@ def runs_resume(
 
 @runs_app.command("replay")
 def runs_replay(
-    run_id: Annotated[str, typer.Argument(help="The run id.")],
-    workflow: Annotated[
-        str | None,
-        typer.Option("--workflow", help="Replay against this workflow (e.g. changed code)."),
-    ] = None,
+    run_id: RunIdArg,
+    workflow: WorkflowOpt = None,
     as_json: JsonOpt = False,
     store: StoreOpt = None,
 ) -> None:
@@ -326,7 +327,7 @@ def runs_replay(
 
 @app.command()
 def trace(
-    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    run_id: RunIdArg,
     otel: Annotated[
         bool,
         typer.Option("--otel", help="Also export through OpenTelemetry (needs cadenza[otel])."),
