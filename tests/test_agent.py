@@ -922,7 +922,11 @@ async def test_side_effect_tool_results_are_recorded(store: MemoryStore):
     assert rec is not None
     assert rec.status == "done"
     assert rec.run_id == result.run_id
-    assert rec.result == {"content": "sent to ada@example.com", "is_error": False}
+    assert rec.result == {
+        "name": "send_email",
+        "content": "sent to ada@example.com",
+        "is_error": False,
+    }
     # Side-effect-free tools are not journaled.
     assert await store.tool_record(f"{result.run_id}:1:1") is None
 

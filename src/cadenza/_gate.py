@@ -121,6 +121,17 @@ async def _execute(run: RunHandle, p: _Prepared, step: int) -> None:
     key = f"{run.run_id}:{step}:{p.index}"
     if t.side_effects:
         prior = await run.store.tool_record(key)
+        saved: dict[str, Any] = (prior.result or {}) if prior is not None else {}
+        recorded = saved.get("name", call.name)
+        if recorded != call.name:
+            # The workflow did something else at this position than before the crash: never
+            # hand one tool's recorded outcome to another, never run it blind either.
+            p.result = ToolResult(
+                call.id, call.name,
+                f"the journal holds a call to {recorded!r} at this position ({key}), not to "
+                f"{call.name!r}: the workflow is not deterministic here; not executed", True,
+            )  # fmt: skip
+            return
         if prior is not None and prior.status == "done":
             r = prior.result
             p.result = ToolResult(call.id, call.name, r["content"], bool(r["is_error"]))
@@ -132,12 +143,17 @@ async def _execute(run: RunHandle, p: _Prepared, step: int) -> None:
                 "it was not retried (side-effecting calls run at most once)", True,
             )  # fmt: skip
             return
-        await run.record_tool(ToolRecord(key, run.run_id, "started"))
+        await run.record_tool(ToolRecord(key, run.run_id, "started", {"name": call.name}))
     p.result = await _invoke(run, t, call, p.kwargs, key, step)
     if t.side_effects:
         r = p.result
         await run.record_tool(
-            ToolRecord(key, run.run_id, "done", {"content": r.content, "is_error": r.is_error})
+            ToolRecord(
+                key,
+                run.run_id,
+                "done",
+                {"name": call.name, "content": r.content, "is_error": r.is_error},
+            )
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import itertools
 import json
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
@@ -186,7 +187,7 @@ class GraphRunner:
                 "condition or raise max_visits"
             )
         run.step = step
-        run.node_calls = 0
+        start_seq = run.seq  # the journal position before this attempt
         if not replaying:
             box.answers, box.pos = answers, 0
         child: str | None = None
@@ -212,6 +213,10 @@ class GraphRunner:
                 {"next": node, "visits": visits, "answers": answers},
                 state=state, state_changed=True,
             )  # fmt: skip
+            # The node runs again on resume: what this attempt journaled (tool calls) is
+            # superseded by the redo, so the checkpoint closes the journal before it.
+            assert run.batch.checkpoint is not None
+            run.batch.checkpoint.data["seq"] = start_seq
             raise
         state, changed = self._apply(node, state, update, spec.fan_out is None)
         visits = {**visits, node: v + 1}  # a new dict: the staged checkpoint keeps the old one
@@ -239,19 +244,30 @@ class GraphRunner:
         args: list[Any] = [state]
         if spec.fan_out is not None:
             items = list(spec.fan_out(state))
-            extra = [self._ctx(run, state, step)] if spec.takes_ctx else []
-            results = await asyncio.gather(*(self._call(spec, [state, it, *extra]) for it in items))
+            # Each branch numbers its tool calls in its own range: stable across resumes,
+            # whatever order the concurrent branches reach the Gate in.
+            results = await asyncio.gather(
+                *(
+                    self._call(
+                        spec,
+                        [state, it, self._ctx(run, state, step, (b + 1) * 1000)]
+                        if spec.takes_ctx
+                        else [state, it],
+                    )
+                    for b, it in enumerate(items)
+                )
+            )
             return self._merge(spec.name, state, results), None
         if spec.takes_ctx:
             args.append(self._ctx(run, state, step))
         return await self._call(spec, args), None
 
-    def _ctx(self, run: RunHandle, state: BaseModel, step: int) -> RunContext:
+    def _ctx(self, run: RunHandle, state: BaseModel, step: int, base: int = 0) -> RunContext:
         tools = self.tools
+        counter = itertools.count(base)
 
         async def call_tool(name: str, arguments: dict[str, Any]) -> Any:
-            index = run.node_calls
-            run.node_calls += 1
+            index = next(counter)
             call = ToolCall(f"node-{step}-{index}", name, arguments)
             (result,) = await run_tool_calls(run, tools, [call], first_index=index)
             if result.is_error:
@@ -282,6 +298,8 @@ class GraphRunner:
         opts = runtime.RunOptions(store=run.store, run_id=child_id)
         if run.recording is not None:
             result = await runtime.replay(wf, child_id, opts)
+            if result.status == "interrupted":
+                raise GraphInterrupt(result.interrupt)
         else:
             existing = await run.store.get_run(child_id)
             if existing is None:

@@ -84,7 +84,6 @@ class RunHandle:
         "messages",
         "model_override",
         "msg_committed",
-        "node_calls",
         "record",
         "recording",
         "replaying",
@@ -117,8 +116,6 @@ class RunHandle:
         self.seq = seq
         self.step = step
         self.msg_committed = msg_committed
-        self.node_calls = 0
-        """Tool calls made by the current graph node so far (their index within the step)."""
         self.messages: list[Message] | None = None
         """An agent's conversation, for the run's result."""
         self.model_override: Any = None

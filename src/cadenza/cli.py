@@ -398,7 +398,10 @@ def tickets_list(
     """List support tickets (from $CADENZA_TICKETS or .cadenza/tickets.db)."""
     from .apps.support.tickets import default_desk
 
-    tickets = default_desk().list(user_id=user, limit=limit)
+    try:
+        tickets = default_desk().list(user_id=user, limit=limit)
+    except CadenzaError as exc:
+        _fail(str(exc))
     if as_json:
         out.print_json(data=[_jsonable(t) for t in tickets])
         return

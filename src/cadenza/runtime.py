@@ -17,7 +17,6 @@ from ._run import NO_ANSWER, Listener, Recording, RunHandle
 from .budgets import Budget, BudgetTracker
 from .context import Principal, RunContext
 from .errors import (
-    CadenzaError,
     GraphInterrupt,
     ReplayDivergence,
     ResumeError,
@@ -287,8 +286,8 @@ async def _drive(
         try:
             run.stage(run=True)
             await run.commit()
-        except CadenzaError:
-            pass  # the original failure matters more than a failed status write
+        except Exception:
+            pass
         if isinstance(exc, RunError) and (exc.run_id is None or top):
             exc.run_id = rec.id  # the run the caller started (child runs are in its journal)
         raise

@@ -41,6 +41,9 @@ _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 _loaded: dict[str, Any] = {}
 _load_lock = threading.Lock()
+# One lock per loaded model, shared by every LocalModel using it: a llama.cpp context serves
+# one generation at a time, whichever agent or run asks.
+_model_locks: dict[int, threading.Lock] = {}
 _ids = itertools.count(1)
 
 
@@ -98,6 +101,11 @@ def load_llama(path: Path, *, n_ctx: int = 4096, n_threads: int | None = None) -
     return llm
 
 
+def _lock_for(llm: Any) -> threading.Lock:
+    with _load_lock:
+        return _model_locks.setdefault(id(llm), threading.Lock())
+
+
 def _close_all() -> None:
     # Free the models while the interpreter is intact (at teardown llama.cpp's bindings are
     # half gone and freeing raises).
@@ -135,7 +143,7 @@ class LocalModel:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self._llm: Any = None
-        self._lock = threading.Lock()
+        self._ready = threading.Lock()
         self._grammars: dict[str, Any] = {}
 
     @property
@@ -145,8 +153,9 @@ class LocalModel:
 
     def llm(self) -> Any:
         """The loaded llama.cpp model (loads it on first use)."""
-        if self._llm is None:
-            self._llm = load_llama(resolve_path(self.spec), n_ctx=self.n_ctx)
+        with self._ready:
+            if self._llm is None:
+                self._llm = load_llama(resolve_path(self.spec), n_ctx=self.n_ctx)
         return self._llm
 
     # --- prompt -----------------------------------------------------------------------------
@@ -197,8 +206,8 @@ class LocalModel:
     # --- generation -------------------------------------------------------------------------
 
     def _generate(self, request: ModelRequest, on_text: Any = None) -> ModelResponse:
-        with self._lock:
-            llm = self.llm()
+        llm = self.llm()
+        with _lock_for(llm):
             prompt = self.render(request)
             s = request.settings
             kwargs: dict[str, Any] = {

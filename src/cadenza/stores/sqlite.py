@@ -7,6 +7,7 @@ inserts (tens of microseconds), far cheaper than a hop to a worker thread and ba
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +86,7 @@ class SQLiteStore:
             )
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.executescript(_SCHEMA)
+            self._lock = threading.RLock()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(
                 f"cannot open the SQLite store at {self.path}: {exc}; check the path is "
@@ -122,7 +124,22 @@ class SQLiteStore:
             raise StoreError(
                 f"cannot store step of run {run_id}: a value is not JSON-serialisable ({exc})"
             ) from exc
+        with self._lock:
+            self._write(run_id, batch, run_row, events, messages, cp_row, tools)
+
+    def _write(
+        self,
+        run_id: str,
+        batch: Batch,
+        run_row: tuple[Any, ...] | None,
+        events: list[tuple[Any, ...]],
+        messages: list[tuple[Any, ...]],
+        cp_row: tuple[Any, ...] | None,
+        tools: list[tuple[Any, ...]],
+    ) -> None:
         db = self._db
+        run = batch.run
+        start = batch.msg_start
         try:
             db.execute("BEGIN")
             if run is not None:
@@ -165,15 +182,18 @@ class SQLiteStore:
             db.execute("COMMIT")
         except BaseException as exc:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the connection is unusable; the original error says why
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"SQLite commit for run {run_id} failed: {exc}") from exc
             raise
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """See `StateStore.get_run`."""
-        row = self._db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
-        return _run(row) if row else None
+        rows = self._rows("SELECT * FROM runs WHERE id=?", (run_id,))
+        return _run(rows[0]) if rows else None
 
     async def list_runs(
         self, *, thread: str | None = None, status: str | None = None, limit: int = 50
@@ -188,11 +208,11 @@ class SQLiteStore:
             args.append(status)
         sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
         args.append(limit)
-        return [_run(r) for r in self._db.execute(sql, args)]
+        return [_run(r) for r in self._rows(sql, args)]
 
     async def events(self, run_id: str, *, after: int = 0) -> list[Event]:
         """See `StateStore.events`."""
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT seq, type, ts, data FROM journal WHERE run_id=? AND kind=0 AND seq>? "
             "ORDER BY seq",
             (run_id, after),
@@ -201,22 +221,24 @@ class SQLiteStore:
 
     async def checkpoint(self, run_id: str) -> Checkpoint | None:
         """See `StateStore.checkpoint`."""
-        row = self._db.execute(
+        rows = self._rows(
             "SELECT seq, data FROM journal WHERE run_id=? AND kind=1 ORDER BY seq DESC LIMIT 1",
             (run_id,),
-        ).fetchone()
-        if row is None:
+        )
+        if not rows:
             return None
-        srow = self._db.execute(
+        row = rows[0]
+        srows = self._rows(
             "SELECT state FROM journal WHERE run_id=? AND kind=1 AND state IS NOT NULL "
             "ORDER BY seq DESC LIMIT 1",
             (run_id,),
-        ).fetchone()
+        )
+        srow = srows[0] if srows else None
         data = _loads(row[1])
         n = int(data.get("messages", 0))
         msgs = [
             message_from_dict(_loads(d))
-            for (d,) in self._db.execute(
+            for (d,) in self._rows(
                 "SELECT data FROM messages WHERE run_id=? AND idx<? ORDER BY idx", (run_id, n)
             )
         ]
@@ -226,21 +248,27 @@ class SQLiteStore:
         """See `StateStore.messages`."""
         return [
             message_from_dict(_loads(d))
-            for (d,) in self._db.execute(
+            for (d,) in self._rows(
                 "SELECT data FROM messages WHERE run_id=? ORDER BY idx", (run_id,)
             )
         ]
 
     async def tool_record(self, key: str) -> ToolRecord | None:
         """See `StateStore.tool_record`."""
-        row = self._db.execute(
+        rows = self._rows(
             "SELECT key, run_id, status, result FROM tool_records WHERE key=?", (key,)
-        ).fetchone()
-        return ToolRecord(row[0], row[1], row[2], _loads(row[3])) if row else None
+        )
+        return ToolRecord(rows[0][0], rows[0][1], rows[0][2], _loads(rows[0][3])) if rows else None
+
+    def _rows(self, sql: str, args: Any) -> list[Any]:
+        # One connection serves every thread: statements and their results go under the lock.
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     async def close(self) -> None:
         """Close the connection."""
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:

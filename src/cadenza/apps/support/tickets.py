@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...errors import StoreError
+
 __all__ = ["Ticket", "TicketDesk", "default_desk"]
 
 _SCHEMA = """
@@ -52,11 +54,17 @@ class TicketDesk:
 
     def __init__(self, path: str | Path = ".cadenza/tickets.db") -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(
+                f"cannot open the ticket desk at {self.path}: {exc}; set CADENZA_TICKETS to a "
+                "writable file"
+            ) from exc
         self._lock = threading.Lock()
 
     def create(

@@ -150,15 +150,23 @@ def create_ticket(
     return {"ticket_id": ticket.id, "status": ticket.status}
 
 
+_FRESH: dict[str, Any] = {
+    "intent": None, "route": None, "article_id": None, "article_title": None, "score": 0.0,
+    "ticket_id": None, "reply": "",
+}  # fmt: skip
+"""Every derived field, cleared for each new message (a thread carries the last state over)."""
+
+
 def _check(state: SupportState) -> dict[str, Any]:
     text = state.message.strip()
     if not text:
         return {
+            **_FRESH,
             "route": "clarify",
             "reply": "Hi! Your message was empty. Tell us what you need help with and we'll "
             "take it from there.",
         }
-    return {"message": text}
+    return {**_FRESH, "message": text}
 
 
 def _after_check(state: SupportState) -> str:
@@ -172,7 +180,7 @@ async def _search(state: SupportState, ctx: RunContext) -> dict[str, Any]:
     if hits and hits[0]["score"] >= FOUND:
         best = hits[0]
         return {"article_id": best["id"], "article_title": best["title"], "score": best["score"]}
-    return {"score": hits[0]["score"] if hits else 0.0}
+    return {"article_id": None, "article_title": None, "score": hits[0]["score"] if hits else 0.0}
 
 
 async def _ticket(state: SupportState, ctx: RunContext) -> dict[str, Any]:
