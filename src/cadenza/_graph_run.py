@@ -230,7 +230,7 @@ class GraphRunner:
             data["child"] = child
         run.emit("node.finished", data)
         run.stage_checkpoint({"next": nxt, "visits": visits}, state, changed)
-        if nxt != END:
+        if nxt != END and not run.commit_now():
             await run.commit()
         return state, nxt, visits
 

@@ -197,6 +197,19 @@ class RunHandle:
         if state_changed:
             b.state_changed = True
 
+    def commit_now(self) -> bool:
+        """Commit at once when the store writes synchronously; False when `commit` is needed.
+
+        Saves a coroutine per step on the embedded stores (memory, SQLite).
+        """
+        if self._commit_now is None:
+            return False
+        b = self.batch
+        if not self.replaying and (b.events or b.checkpoint or b.run or b.tool_records):
+            self._commit_now(self.record.id, b)
+        b.reset()
+        return True
+
     async def commit(self) -> None:
         """Write the pending batch in one transaction (a no-op while replaying)."""
         b = self.batch

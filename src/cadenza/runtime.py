@@ -159,7 +159,8 @@ async def start(
     run.emit("run.started", data)
     run.stage(run=True)
     run.batch.run_new = True
-    await run.commit()  # durable before any work: a run killed from here on can be resumed
+    if not run.commit_now():  # durable before any work: a run killed from here on can resume
+        await run.commit()
     return await _drive(wf, run, None, input, NO_ANSWER, parent is None)
 
 
@@ -299,7 +300,8 @@ async def _drive(
         done["usage"] = usage.to_dict()
     run.emit("run.finished", done)
     run.stage(run=True)
-    await run.commit()
+    if not run.commit_now():
+        await run.commit()
     return RunResult(
         rec.id, "finished", output, run.budget.usage, run.messages or [], thread=rec.thread
     )
