@@ -188,8 +188,7 @@ async def resume(
     cp = await store.checkpoint(run_id)
     events = await store.events(run_id)
     seq = events[-1].seq if events else 0
-    p = record.principal
-    principal = Principal(p.get("user_id", "anonymous"), tuple(p.get("roles", ())), p.get("tenant"))
+    principal = _principal_of(record)
     budget = (
         parent.budget
         if parent
@@ -238,8 +237,7 @@ async def replay(wf: Workflow, run_id: str, opts: RunOptions) -> RunResult:
     if record is None:
         raise RunNotFound(f"no run {run_id!r} in the store; list runs with `cadenza runs list`")
     recording = Recording(await store.events(run_id))
-    p = record.principal
-    principal = Principal(p.get("user_id", "anonymous"), tuple(p.get("roles", ())), p.get("tenant"))
+    principal = _principal_of(record)
     ctx = RunContext(record.id, record.thread, principal, opts.deps)
     shadow = RunRecord(
         record.id, record.workflow, record.kind, thread=record.thread, input=record.input,
@@ -305,6 +303,11 @@ async def _drive(
     return RunResult(
         rec.id, "finished", output, run.budget.usage, run.messages or [], thread=rec.thread
     )
+
+
+def _principal_of(record: RunRecord) -> Principal:
+    p = record.principal
+    return Principal(p.get("user_id", "anonymous"), tuple(p.get("roles", ())), p.get("tenant"))
 
 
 def _usage_so_far(events: list[Any]) -> Any:
