@@ -61,22 +61,29 @@ class Hit:
 
 @dataclass
 class KnowledgeBase:
-    """Articles and their BM25 index (k1=1.2, b=0.75; title and tags weigh three times)."""
+    """Articles and a BM25 index of their sections (k1=1.2, b=0.75).
+
+    Each `##` section is indexed on its own, with its heading and the article's title and
+    tags (weighing three times): a long article no longer wins on incidental words spread over
+    unrelated sections. An article scores as its best section.
+    """
 
     articles: list[Article]
     """Every article, in file-name order."""
-    _docs: list[Counter[str]] = field(default_factory=lambda: [], repr=False)
+    _docs: list[tuple[int, Counter[str]]] = field(default_factory=lambda: [], repr=False)
     _df: Counter[str] = field(default_factory=lambda: Counter(), repr=False)
     _avg: float = 0.0
 
     def __post_init__(self) -> None:
-        for a in self.articles:
-            terms = Counter(tokenize(a.body))
-            for t in tokenize(f"{a.title} {' '.join(a.tags)}"):
-                terms[t] += 3
-            self._docs.append(terms)
-            self._df.update(terms.keys())
-        self._avg = sum(sum(d.values()) for d in self._docs) / max(len(self._docs), 1)
+        for i, a in enumerate(self.articles):
+            about = tokenize(f"{a.title} {' '.join(a.tags)}")
+            for heading, text in _sections(a):
+                terms = Counter(tokenize(f"{heading} {text}"))
+                for t in about:
+                    terms[t] += 3
+                self._docs.append((i, terms))
+                self._df.update(terms.keys())
+        self._avg = sum(sum(d.values()) for _, d in self._docs) / max(len(self._docs), 1)
 
     @classmethod
     def load(cls, folder: str | Path) -> KnowledgeBase:
@@ -113,8 +120,8 @@ class KnowledgeBase:
         """The `k` best articles for `query`, best first (only those sharing a term)."""
         n = len(self._docs)
         terms = set(tokenize(query))
-        scored: list[Hit] = []
-        for art, doc in zip(self.articles, self._docs, strict=True):
+        best: dict[int, float] = {}
+        for i, doc in self._docs:
             length = sum(doc.values())
             score = 0.0
             for t in terms:
@@ -123,8 +130,9 @@ class KnowledgeBase:
                     continue
                 idf = math.log(1 + (n - self._df[t] + 0.5) / (self._df[t] + 0.5))
                 score += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / self._avg))
-            if score > 0:
-                scored.append(Hit(art, score))
+            if score > best.get(i, 0.0):
+                best[i] = score
+        scored = [Hit(self.articles[i], s) for i, s in best.items()]
         scored.sort(key=lambda h: h.score, reverse=True)
         return scored[:k]
 
