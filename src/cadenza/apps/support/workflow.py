@@ -36,8 +36,11 @@ HERE = Path(__file__).parent
 DEFAULT_MODEL = "local:qwen2.5-coder-0.5b"
 MAX_CHARS = 2000
 """Longer messages are cut for the models (the ticket keeps more)."""
-FOUND = 3.0
-"""BM25 score from which the best article counts as an answer (tuned on the dev split)."""
+FOUND = 8.0
+"""Section BM25 score from which the best article counts as an answer.
+
+Tuned on the dev split only: correct routes plateau between 7.5 and 9; 8 is the plateau's middle.
+"""
 
 Intent = Literal["FAQ", "Billing", "Technical", "Other"]
 _kb: KnowledgeBase | None = None
