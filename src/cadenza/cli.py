@@ -249,8 +249,7 @@ def runs_list(
             f"[{colors.get(r.status, 'white')}]{escape(r.status)}[/]",
             _time(r.created_at), r.thread or "",
         )  # fmt: skip
-    # A pipe gets whole lines (ids are copied from there), a terminal its own width.
-    (out if out.is_terminal else Console(width=10_000, highlight=False)).print(table)
+    _print_table(table)
 
 
 @runs_app.command("show")
@@ -416,7 +415,7 @@ def tickets_list(
         table.add_row(
             t.id, escape(t.user_id), t.intent, t.status, _time(t.created_at), escape(t.subject)
         )
-    (out if out.is_terminal else Console(width=10_000, highlight=False)).print(table)
+    _print_table(table)
 
 
 @eval_app.command("support")
@@ -469,6 +468,11 @@ def eval_support(
         err.print(
             escape(f"  {m['id']}: want {m['want']} got {m['got']}  {m['message']}"), style="dim"
         )
+
+
+def _print_table(table: Table) -> None:
+    # A pipe gets whole lines (ids are copied from there), a terminal its own width.
+    (out if out.is_terminal else Console(width=10_000, highlight=False)).print(table)
 
 
 def _ref_of(st: StateStore, run_id: str) -> str:
