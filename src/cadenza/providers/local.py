@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import hashlib
 import importlib
 import itertools
 import json
 import os
+import pickle
 import re
 import threading
 from collections.abc import AsyncIterator
@@ -160,7 +162,7 @@ class LocalModel:
 
     # --- prompt -----------------------------------------------------------------------------
 
-    def render(self, request: ModelRequest) -> str:
+    def render(self, request: ModelRequest, *, generation_prompt: bool = True) -> str:
         """The prompt text: the GGUF chat template applied to messages and tools."""
         formatter: Any = importlib.import_module("llama_cpp.llama_chat_format").Jinja2ChatFormatter
         llm = self.llm()
@@ -171,7 +173,9 @@ class LocalModel:
             )
         eos = llm.detokenize([llm.token_eos()]).decode(errors="ignore")
         bos = llm.detokenize([llm.token_bos()]).decode(errors="ignore")
-        fmt = formatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
+        fmt = formatter(
+            template, eos_token=eos, bos_token=bos, add_generation_prompt=generation_prompt
+        )
         tools = [
             {
                 "type": "function",
@@ -205,6 +209,45 @@ class LocalModel:
 
     # --- generation -------------------------------------------------------------------------
 
+    def _warm_prefix(self, llm: Any, request: ModelRequest, tokens: list[int]) -> None:
+        """Load the evaluated conversation prefix (all but the last message) from disk.
+
+        Instructions and few-shot examples are the same for every message of a workflow; a new
+        process (one CLI call per message) would evaluate them again, ~15 s for 1,500 tokens on
+        2 cores. Their state is saved once per model and prefix under the cache directory and
+        loaded in well under a second; llama.cpp then evaluates only the new tokens.
+        """
+        if len(request.messages) < 2:
+            return
+        head = ModelRequest(request.messages[:-1], request.tools, request.output_schema)
+        text = self.render(head, generation_prompt=False)
+        prefix: list[int] = llm.tokenize(text.encode(), add_bos=False, special=True)
+        if len(prefix) < 256 or tokens[: len(prefix)] != prefix:
+            return  # short prefixes are cheap; a template that rewrites history is not a prefix
+        current: list[int] = llm.input_ids[: llm.n_tokens].tolist()
+        if current[: len(prefix)] == prefix:
+            return  # already evaluated in this process
+        digest = hashlib.sha256(f"{self.spec}:{self.n_ctx}:{prefix}".encode()).hexdigest()[:24]
+        path = catalog.cache_dir().parent / "prefixes" / f"{digest}.state"
+        if path.is_file():
+            try:
+                with path.open("rb") as f:
+                    llm.load_state(pickle.load(f))
+                return
+            except Exception:  # a damaged file: evaluate again and rewrite it
+                path.unlink(missing_ok=True)
+        llm.reset()
+        llm.eval(prefix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        state = llm.save_state()
+        # Keep only the last logits row (~600 KB instead of the whole batch buffer, ~300 MB):
+        # generation evaluates the new tokens anyway, and load_state broadcasts the row.
+        state.scores = state.scores[-1:].copy()
+        with tmp.open("wb") as f:
+            pickle.dump(state, f)
+        os.replace(tmp, path)
+
     def _generate(self, request: ModelRequest, on_text: Any = None) -> ModelResponse:
         llm = self.llm()
         with _lock_for(llm):
@@ -219,12 +262,14 @@ class LocalModel:
             }
             if "top_k" in s.extra:
                 kwargs["top_k"] = s.extra["top_k"]
-            n_prompt = len(llm.tokenize(prompt.encode(), add_bos=False, special=True))
+            tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+            n_prompt = len(tokens)
             if n_prompt + 8 > self.n_ctx:
                 raise ModelError(
                     f"{self.name}: the prompt has {n_prompt} tokens, more than the context window "
                     f"({self.n_ctx}); shorten the conversation or raise n_ctx"
                 )
+            self._warm_prefix(llm, request, tokens)
             if on_text is None:
                 out = llm.create_completion(prompt, **kwargs)
                 text = out["choices"][0]["text"]
