@@ -140,3 +140,25 @@ async def test_support_bot_end_to_end_on_the_real_model(tmp_path) -> None:  # ty
     ticket = Deps.tickets.get(billing.output.ticket_id)
     assert ticket is not None and ticket.user_id == "u-7"
     assert billing.output.ticket_id in billing.output.reply
+
+
+async def test_the_evaluated_prefix_is_saved_and_reused(model, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A long, fixed prefix (instructions + examples) is evaluated once and saved; a process
+    # that has not evaluated it (simulated by resetting the context) loads it instead.
+    monkeypatch.setenv("CADENZA_CACHE", str(tmp_path))
+    system = "You label customer messages. " + " ".join(f"Example {i}: label A." for i in range(60))
+    request = ModelRequest(
+        [Message.system(system), Message.user("first"), Message.assistant("A"), Message.user("x")],
+        [], None, ModelSettings(temperature=0.0, max_tokens=4),
+    )  # fmt: skip
+    first = await model.request(request)
+    saved = list((tmp_path / "prefixes").glob("*.state"))
+    assert len(saved) == 1 and saved[0].stat().st_size < 64 << 20
+    llm = model.llm()
+    llm.reset()
+    evaluated: list[int] = []
+    real_eval = llm.eval
+    monkeypatch.setattr(llm, "eval", lambda toks: (evaluated.append(len(toks)), real_eval(toks))[1])
+    again = await model.request(request)
+    assert again.text == first.text
+    assert evaluated and max(evaluated) < 64  # only the new tokens, not the ~900-token prefix
