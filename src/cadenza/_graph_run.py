@@ -209,14 +209,12 @@ class GraphRunner:
             raise
         except GraphInterrupt:
             run.step = step - 1
-            run.stage(
-                {"next": node, "visits": visits, "answers": answers},
-                state=state, state_changed=True,
-            )  # fmt: skip
             # The node runs again on resume: what this attempt journaled (tool calls) is
             # superseded by the redo, so the checkpoint closes the journal before it.
-            assert run.batch.checkpoint is not None
-            run.batch.checkpoint.data["seq"] = start_seq
+            run.stage(
+                {"next": node, "visits": visits, "answers": answers},
+                state=state, state_changed=True, journal_seq=start_seq,
+            )  # fmt: skip
             raise
         state, changed = self._apply(node, state, update, spec.fan_out is None)
         visits = {**visits, node: v + 1}  # a new dict: the staged checkpoint keeps the old one

@@ -161,6 +161,7 @@ class RunHandle:
         state_changed: bool = False,
         messages: list[Message] | None = None,
         run: bool = False,
+        journal_seq: int | None = None,
     ) -> None:
         """Add a checkpoint (and new messages, the run record) to the pending batch.
 
@@ -170,6 +171,8 @@ class RunHandle:
             state_changed: The state differs from the previous checkpoint's.
             messages: The run's conversation; only messages not yet committed are written.
             run: Also write the run record (status changes).
+            journal_seq: The journal position the checkpoint closes (default: the last event);
+                earlier when what followed will be redone on resume.
         """
         b = self.batch
         if run:
@@ -185,7 +188,7 @@ class RunHandle:
         if data is not None:
             if messages is not None:
                 data["messages"] = len(messages)
-            data["seq"] = self.seq  # the journal position this checkpoint closes
+            data["seq"] = self.seq if journal_seq is None else journal_seq
             b.checkpoint = Checkpoint(self.step, data, state, _NONE)
             b.state_changed = b.state_changed or state_changed
 

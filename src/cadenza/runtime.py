@@ -86,7 +86,6 @@ class RunOptions:
     run_id: str | None = None
     ref: str | None = None
     listeners: list[Listener] | None = None
-    vars: dict[str, Any] | None = None
     model: Any = None
 
 
