@@ -229,11 +229,7 @@ def runs_list(
     st = _store(store)
     wanted = status.value if status is not None else None
     runs = _call(lambda: st.list_runs(thread=thread, status=wanted, limit=limit))
-    if as_json:
-        out.print_json(data=[_jsonable(r) for r in runs])
-        return
-    if not runs:
-        err.print("no runs yet; start one with `cadenza run WORKFLOW INPUT`")
+    if _listed_elsewise(runs, as_json, "no runs yet; start one with `cadenza run WORKFLOW INPUT`"):
         return
     table = Table(box=None)
     # Ids and statuses never wrap or shrink (they are copied into other commands).
@@ -401,11 +397,7 @@ def tickets_list(
         tickets = default_desk().list(user_id=user, limit=limit)
     except CadenzaError as exc:
         _fail(str(exc))
-    if as_json:
-        out.print_json(data=[_jsonable(t) for t in tickets])
-        return
-    if not tickets:
-        err.print("no tickets yet")
+    if _listed_elsewise(tickets, as_json, "no tickets yet"):
         return
     table = Table(box=None)
     table.add_column("ticket", no_wrap=True)
@@ -468,6 +460,17 @@ def eval_support(
         err.print(
             escape(f"  {m['id']}: want {m['want']} got {m['got']}  {m['message']}"), style="dim"
         )
+
+
+def _listed_elsewise(rows: list[Any], as_json: bool, empty: str) -> bool:
+    """Print `rows` as JSON, or say there are none; False when a table is still wanted."""
+    if as_json:
+        out.print_json(data=[_jsonable(r) for r in rows])
+        return True
+    if not rows:
+        err.print(empty)
+        return True
+    return False
 
 
 def _print_table(table: Table) -> None:
