@@ -1,0 +1,119 @@
+"""Taint tracking: which tool-call arguments were copied from untrusted content.
+
+Everything a tool returns (search results, documents, e-mails, order notes) is untrusted: it may
+carry instructions planted by someone other than the user. The tracker keeps that content, and
+the trusted content (the user's own request), so the Gate can tell the policy engine, for each
+argument of a call, whether its value came from untrusted data and not from the user.
+
+A value is *tainted* when it occurs in untrusted content and not in trusted content:
+
+- strings of 4+ characters: the whole value, case-insensitively; longer values (over 48
+  characters, e.g. an e-mail body) also when any 32-character window of them does;
+- numbers of 3+ digits: as a whole token (so `2500` is found in "send 2500 EUR");
+- spacing and dashes are ignored for values of 6+ characters, so `FR1420041010050500013M02606`
+  is found in "FR14 2004 1010 0505 0001 3M02 606".
+
+Short values (`"yes"`, `7`) are never tainted: they occur everywhere by chance.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic_core import to_json
+
+__all__ = ["TaintTracker"]
+
+_MIN_STR = 4
+_WINDOW = 32
+_LONG = 48
+
+
+_SPACING = re.compile(r"[\s\-]+")
+
+
+def _compact(text: str) -> str:
+    return _SPACING.sub("", text)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return to_json(value, fallback=str).decode()
+
+
+class TaintTracker:
+    """What a run has read from untrusted sources, shared by the run and its child runs."""
+
+    __slots__ = ("_trusted", "_trusted_compact", "_untrusted", "_untrusted_compact", "injection",
+                 "sources")  # fmt: skip
+
+    def __init__(self, trusted: Iterable[Any] = ()) -> None:
+        self._trusted = "\n".join(_text(t) for t in trusted).casefold()
+        self._trusted_compact = _compact(self._trusted)
+        self._untrusted = ""
+        self._untrusted_compact = ""
+        self.injection = False
+        """Prompt-injection markers were seen in untrusted content."""
+        self.sources: list[str] = []
+        """Names of the tools whose output entered the run, in order."""
+
+    @property
+    def untrusted(self) -> bool:
+        """Whether any untrusted content has entered the run."""
+        return bool(self.sources)
+
+    def add_trusted(self, value: Any) -> None:
+        """Record content the user (or the developer) supplied."""
+        text = _text(value).casefold()
+        self._trusted += "\n" + text
+        self._trusted_compact += "\n" + _compact(text)
+
+    def add_untrusted(self, source: str, value: Any, *, injection: bool = False) -> None:
+        """Record content a tool returned (`injection`: guards flagged it)."""
+        text = _text(value).casefold()
+        self._untrusted += "\n" + text
+        self._untrusted_compact += "\n" + _compact(text)
+        self.sources.append(source)
+        self.injection = self.injection or injection
+
+    def tainted(self, arguments: Mapping[str, Any]) -> frozenset[str]:
+        """Names of the arguments whose value (or part of it) came from untrusted content."""
+        if not self._untrusted:
+            return frozenset()
+        return frozenset(k for k, v in arguments.items() if self._is_tainted(v))
+
+    def _is_tainted(self, value: Any) -> bool:
+        if isinstance(value, bool) or value is None:
+            return False
+        if isinstance(value, int | float):
+            token = f"{value:g}" if isinstance(value, float) else str(value)
+            if len(token.lstrip("-").replace(".", "")) < 3:
+                return False
+            pattern = re.compile(rf"(?<![\w.]){re.escape(token)}(?![\w]|\.\d)")
+            return bool(pattern.search(self._untrusted)) and not pattern.search(self._trusted)
+        if isinstance(value, str):
+            return self._str_tainted(value.casefold())
+        if isinstance(value, Mapping):
+            return any(self._is_tainted(v) for v in value.values())  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+        if isinstance(value, list | tuple):
+            return any(self._is_tainted(v) for v in value)  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+        return False
+
+    def _str_tainted(self, s: str) -> bool:
+        s = s.strip()
+        if len(s) < _MIN_STR:
+            return False
+        if s in self._untrusted and s not in self._trusted:
+            return True
+        c = _compact(s)
+        if len(c) >= 6 and c in self._untrusted_compact and c not in self._trusted_compact:
+            return True
+        if len(s) > _LONG:
+            for i in range(0, len(s) - _WINDOW + 1, _WINDOW // 2):
+                w = s[i : i + _WINDOW]
+                if w in self._untrusted and w not in self._trusted:
+                    return True
+        return False
