@@ -670,3 +670,101 @@ async def test_batch_is_reused_after_commit(store: StateStore) -> None:
     rec = await store.tool_record("r1:1:0")
     assert rec is not None
     assert rec.status == "started"
+
+
+# --- the audit log ---------------------------------------------------------------------------
+
+
+def audit_body(i: int, run_id: str) -> dict[str, Any]:
+    return {
+        "ts": f"2026-11-25T10:00:{i:02d}.000000Z",
+        "run": run_id,
+        "actor": "ann",
+        "tool": "refund",
+        "args": {"amount": i, "note": "é"},
+        "decision": {"effect": "allow", "rule": "r", "policy_version": "1"},
+        "outcome": "executed",
+    }
+
+
+def audited(run_id: str, first_event: int, bodies: list[dict[str, Any]]) -> Batch:
+    """A step's batch: one event and one audit entry per call (as the Gate writes them)."""
+    b = batch(events=[event(run_id, first_event + i) for i in range(len(bodies))])
+    b.audit = bodies
+    return b
+
+
+async def test_audit_entries_from_several_runs_form_one_chain(store: StateStore) -> None:
+    from cadenza.audit._chain import GENESIS, canonical_json, link, verify_rows
+
+    plan = [("r1", 1, 2), ("r2", 1, 1), ("r1", 3, 3), ("r3", 1, 1)]
+    sent: list[dict[str, Any]] = []
+    for run_id, first, n in plan:
+        bodies = [audit_body(len(sent) + i + 1, run_id) for i in range(n)]
+        sent += copy.deepcopy(bodies)
+        await store.commit(run_id, audited(run_id, first, bodies))
+    rows = await store.audit_entries()
+    assert [r.seq for r in rows] == list(range(1, 8))
+    prev = GENESIS
+    for row, sent_body in zip(rows, sent, strict=True):
+        assert row.prev == prev
+        assert row.body == canonical_json({**sent_body, "seq": row.seq})
+        assert row.hash == link(row.prev, row.seq, row.body)
+        prev = row.hash
+    assert verify_rows(rows) == []
+    assert await store.audit_head() == (7, rows[-1].hash)
+    # The step's other writes went in with it.
+    assert [e.seq for e in await store.events("r1")] == [1, 2, 3, 4, 5]
+
+
+async def test_audit_log_of_an_empty_store(store: StateStore) -> None:
+    assert await store.audit_head() == (0, "0" * 64)
+    assert await store.audit_entries() == []
+    assert await store.audit_entries(after=5, limit=3) == []
+
+
+async def test_audit_entries_after_and_limit(store: StateStore) -> None:
+    await store.commit("r1", audited("r1", 1, [audit_body(i, "r1") for i in range(1, 11)]))
+    all_rows = await store.audit_entries()
+    assert [r.seq for r in all_rows] == list(range(1, 11))
+    assert [r.seq for r in await store.audit_entries(after=3)] == list(range(4, 11))
+    assert [r.seq for r in await store.audit_entries(after=3, limit=2)] == [4, 5]
+    assert [r.seq for r in await store.audit_entries(limit=1)] == [1]
+    assert await store.audit_entries(limit=0) == []
+    assert await store.audit_entries(after=10) == []
+    assert await store.audit_entries(after=8, limit=100) == all_rows[8:]
+
+
+async def test_a_batch_without_audit_entries_writes_none(store: StateStore) -> None:
+    await store.commit(
+        "r1",
+        batch(
+            run=run_record("r1"),
+            events=[event("r1", 1)],
+            checkpoint=Checkpoint(1, {"next": "a"}),
+            tool_records=[ToolRecord("r1:1:0", "r1", "started")],
+        ),
+    )
+    assert await store.audit_entries() == []
+    assert await store.audit_head() == (0, "0" * 64)
+    await store.commit("r1", audited("r1", 2, [audit_body(1, "r1")]))
+    await store.commit("r1", batch(events=[event("r1", 3)]))
+    assert [r.seq for r in await store.audit_entries()] == [1]
+
+
+async def test_audit_list_is_reset_with_the_batch(store: StateStore) -> None:
+    b = Batch()
+    assert b.audit == []
+    entry = audit_body(1, "r1")
+    b.events = [event("r1", 1)]
+    b.audit = [entry]
+    await store.commit("r1", b)
+    entry["outcome"] = "changed after the commit"  # the store keeps no reference to it
+    b.reset()
+    assert b.audit == []
+    assert Batch().audit is b.audit  # the shared empty list: resetting allocates nothing
+    b.events.append(event("r1", 2))
+    await store.commit("r1", b)
+    rows = await store.audit_entries()
+    assert len(rows) == 1
+    assert '"outcome":"executed"' in rows[0].body

@@ -1,4 +1,5 @@
-"""State stores: the journal of runs (events, checkpoints, messages, idempotency records).
+"""State stores: the journal of runs (events, checkpoints, messages, idempotency records) and
+the append-only audit log.
 
 `open_store("memory:")`, `open_store("sqlite:///path/to.db")` or a bare path; with no argument
 the embedded default, `.cadenza/cadenza.db` in the working directory (or `$CADENZA_STORE`).
@@ -9,11 +10,12 @@ from __future__ import annotations
 import os
 
 from ..errors import ConfigError
-from ._base import Batch, Checkpoint, Event, RunRecord, RunStatus, StateStore, ToolRecord
+from ._base import AuditRow, Batch, Checkpoint, Event, RunRecord, RunStatus, StateStore, ToolRecord
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
 __all__ = [
+    "AuditRow",
     "Batch",
     "Checkpoint",
     "Event",

@@ -1,5 +1,5 @@
-"""The `StateStore` protocol and the records it keeps: runs, events, checkpoints, messages and
-idempotency records of side-effecting tool calls."""
+"""The `StateStore` protocol and the records it keeps: runs, events, checkpoints, messages,
+idempotency records of side-effecting tool calls and the append-only audit log."""
 
 from __future__ import annotations
 
@@ -85,6 +85,20 @@ class ToolRecord:
     """The tool result (a `ToolResult` as JSON) once done."""
 
 
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One entry of the audit log, exactly as stored (see `cadenza.audit`)."""
+
+    seq: int
+    """Position in the log, from 1, across all runs."""
+    prev: str
+    """The previous entry's hash (64 zeros for the first)."""
+    hash: str
+    """sha256 of `prev`, `seq` and `body` (hex)."""
+    body: str
+    """The entry as canonical JSON, `seq` included."""
+
+
 _NONE: list[Any] = []
 
 
@@ -92,6 +106,7 @@ class Batch:
     """Everything one step writes, committed in one transaction."""
 
     __slots__ = (
+        "audit",
         "checkpoint",
         "events",
         "messages",
@@ -114,6 +129,8 @@ class Batch:
         self.checkpoint: Checkpoint | None = None
         self.state_changed = False
         self.tool_records: list[ToolRecord] = _NONE
+        self.audit: list[dict[str, Any]] = _NONE
+        """Audit entry bodies (JSON, with "ts"); the store numbers and chains them."""
 
     def reset(self) -> None:
         """Empty the batch for the next step (stores never keep references to its lists)."""
@@ -125,6 +142,7 @@ class Batch:
         self.checkpoint = None
         self.state_changed = False
         self.tool_records = _NONE
+        self.audit = _NONE
 
 
 @runtime_checkable
@@ -138,6 +156,9 @@ class StateStore(Protocol):
 
         `batch.messages` are appended at index `batch.msg_start`; `batch.checkpoint.state` is
         stored only when `batch.state_changed` (otherwise the previous state stands).
+
+        `batch.audit` entries get the next global seqs and are chained to the log's head in
+        the same transaction (`cadenza.audit._chain.seal`), even with several writers.
         """
         ...
 
@@ -165,6 +186,24 @@ class StateStore(Protocol):
 
     async def tool_record(self, key: str) -> ToolRecord | None:
         """The idempotency record for a side-effecting call, or None."""
+        ...
+
+    async def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditRow]:
+        """Audit log rows with seq > after, in seq order, as stored (at most `limit`)."""
+        ...
+
+    async def audit_head(self) -> tuple[int, str]:
+        """The last audit entry's seq and hash; `(0, 64 zeros)` when the log is empty."""
+        ...
+
+    async def charge(
+        self, key: str, amount: float, limit: float | None = None
+    ) -> tuple[bool, float]:
+        """Atomically add `amount` to the counter `key` (quotas; see `cadenza.quotas`).
+
+        With a `limit`, nothing is added when the total would exceed it. Returns whether it was
+        added, and the counter's value afterwards. `charge(key, 0)` reads a counter.
+        """
         ...
 
     async def close(self) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
 import copy
 
+from ..audit._chain import GENESIS, seal
+from ..errors import StoreError
 from ..messages import Message
-from ._base import Batch, Checkpoint, Event, RunRecord, ToolRecord
+from ._base import AuditRow, Batch, Checkpoint, Event, RunRecord, ToolRecord
 
 __all__ = ["MemoryStore"]
 
@@ -22,6 +25,8 @@ class MemoryStore:
         self._checkpoints: dict[str, Checkpoint] = {}
         self._messages: dict[str, list[Message]] = {}
         self._tools: dict[str, ToolRecord] = {}
+        self._audit: list[AuditRow] = []
+        self._counters: dict[str, float] = {}
 
     async def commit(self, run_id: str, batch: Batch) -> None:
         """See `StateStore.commit`."""
@@ -29,6 +34,7 @@ class MemoryStore:
 
     def commit_now(self, run_id: str, batch: Batch) -> None:
         """`commit`, synchronously (this store never waits on I/O from another task)."""
+        audit = self._seal(run_id, batch) if batch.audit else None  # first: it may fail
         if batch.run is not None:
             self._runs[run_id] = _clone(batch.run)
         if batch.events:
@@ -49,6 +55,19 @@ class MemoryStore:
             self._checkpoints[run_id] = cp
         for rec in batch.tool_records:
             self._tools[rec.key] = rec
+        if audit is not None:
+            self._audit.extend(audit)
+
+    def _seal(self, run_id: str, batch: Batch) -> list[AuditRow]:
+        log = self._audit
+        head = (log[-1].seq, log[-1].hash) if log else (0, GENESIS)
+        try:
+            return [AuditRow(*row) for row in seal(batch.audit, head)]
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"cannot store step of run {run_id}: an audit entry is not JSON-serialisable "
+                f"({exc})"
+            ) from exc
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """See `StateStore.get_run`."""
@@ -88,6 +107,25 @@ class MemoryStore:
         """See `StateStore.tool_record`."""
         return self._tools.get(key)
 
+    async def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditRow]:
+        """See `StateStore.audit_entries`."""
+        start = bisect.bisect_right(self._audit, after, key=_seq_of)
+        return self._audit[start:] if limit is None else self._audit[start : start + max(limit, 0)]
+
+    async def charge(
+        self, key: str, amount: float, limit: float | None = None
+    ) -> tuple[bool, float]:
+        """See `StateStore.charge`."""
+        used = self._counters.get(key, 0.0)
+        if limit is not None and amount > 0 and used + amount > limit:
+            return False, used
+        self._counters[key] = used + amount
+        return True, used + amount
+
+    async def audit_head(self) -> tuple[int, str]:
+        """See `StateStore.audit_head`."""
+        return (self._audit[-1].seq, self._audit[-1].hash) if self._audit else (0, GENESIS)
+
     async def close(self) -> None:
         """Nothing to release."""
 
@@ -97,3 +135,7 @@ def _clone(r: RunRecord) -> RunRecord:
         r.id, r.workflow, r.kind, r.status, r.thread, r.ref, r.input, r.output, r.error,
         r.principal, r.created_at, r.updated_at,
     )  # fmt: skip
+
+
+def _seq_of(row: AuditRow) -> int:
+    return row.seq

@@ -15,9 +15,10 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic_core import from_json, to_json
 
+from ..audit._chain import GENESIS, seal
 from ..errors import StoreError
 from ..messages import Message, message_from_dict, message_to_dict
-from ._base import Batch, Checkpoint, Event, RunRecord, ToolRecord
+from ._base import AuditRow, Batch, Checkpoint, Event, RunRecord, ToolRecord
 
 __all__ = ["SQLiteStore"]
 
@@ -41,6 +42,17 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE TABLE IF NOT EXISTS tool_records (
     key TEXT PRIMARY KEY, run_id TEXT NOT NULL, status TEXT NOT NULL, result TEXT
 );
+-- The audit log is append-only in the database itself; the hash chain and signed checkpoints
+-- catch whoever drops these triggers.
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, prev TEXT NOT NULL, hash TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+-- Quota counters (scope:who:metric:window:index -> amount used), see cadenza.quotas.
+CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, used REAL NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -140,8 +152,11 @@ class SQLiteStore:
         db = self._db
         run = batch.run
         start = batch.msg_start
+        audit = batch.audit
         try:
-            db.execute("BEGIN")
+            # With audit entries the head is read, then written: take the write lock first so
+            # no other process can append between the two.
+            db.execute("BEGIN IMMEDIATE" if audit else "BEGIN")
             if run is not None:
                 assert run_row is not None
                 # Status changes rewrite only what changes (fewer bytes to encode and log).
@@ -179,6 +194,8 @@ class SQLiteStore:
                 )
             if tools:
                 db.executemany("INSERT OR REPLACE INTO tool_records VALUES (?,?,?,?)", tools)
+            if audit:
+                _append_audit(db, run_id, audit)
             db.execute("COMMIT")
         except BaseException as exc:
             if db.in_transaction:
@@ -260,6 +277,43 @@ class SQLiteStore:
         )
         return ToolRecord(rows[0][0], rows[0][1], rows[0][2], _loads(rows[0][3])) if rows else None
 
+    async def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditRow]:
+        """See `StateStore.audit_entries`."""
+        rows = self._rows(
+            "SELECT seq, prev, hash, body FROM audit WHERE seq>? ORDER BY seq LIMIT ?",
+            (after, -1 if limit is None else max(limit, 0)),
+        )
+        return [AuditRow(*r) for r in rows]
+
+    async def charge(
+        self, key: str, amount: float, limit: float | None = None
+    ) -> tuple[bool, float]:
+        """See `StateStore.charge` (one IMMEDIATE transaction: exact with several processes)."""
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("SELECT used FROM counters WHERE key=?", (key,)).fetchone()
+                used = float(row[0]) if row else 0.0
+                if amount == 0 or (limit is not None and amount > 0 and used + amount > limit):
+                    db.execute("COMMIT")
+                    return amount == 0, used
+                db.execute(
+                    "INSERT INTO counters VALUES (?,?) ON CONFLICT(key) DO UPDATE SET used=?",
+                    (key, used + amount, used + amount),
+                )
+                db.execute("COMMIT")
+                return True, used + amount
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise StoreError(f"cannot update quota counter {key!r}: {exc}") from exc
+
+    async def audit_head(self) -> tuple[int, str]:
+        """See `StateStore.audit_head`."""
+        rows = self._rows("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", ())
+        return (rows[0][0], rows[0][1]) if rows else (0, GENESIS)
+
     def _rows(self, sql: str, args: Any) -> list[Any]:
         # One connection serves every thread: statements and their results go under the lock.
         with self._lock:
@@ -269,6 +323,18 @@ class SQLiteStore:
         """Close the connection."""
         with self._lock:
             self._db.close()
+
+
+def _append_audit(db: sqlite3.Connection, run_id: str, entries: list[dict[str, Any]]) -> None:
+    """Number and chain `entries` after the log's head (inside the write transaction)."""
+    head = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    try:
+        rows = seal(entries, (head[0], head[1]) if head else (0, GENESIS))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(
+            f"cannot store step of run {run_id}: an audit entry is not JSON-serialisable ({exc})"
+        ) from exc
+    db.executemany("INSERT INTO audit VALUES (?,?,?,?)", rows)
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:
