@@ -104,7 +104,7 @@ def test_the_group_parser_notices_disorder():
 
 # --- errors ----------------------------------------------------------------------------------
 
-SIGNALS = {"CadenzaSignal", "GraphInterrupt"}
+SIGNALS = {"CadenzaSignal", "GraphInterrupt", "ApprovalRequired"}
 
 
 @pytest.mark.parametrize("name", errors.__all__)

@@ -27,7 +27,7 @@ from cadenza.apps.support import SupportState, build
 from cadenza.apps.support.evaluate import evaluate, load_cases
 from cadenza.apps.support.tickets import Ticket, TicketDesk
 from cadenza.cli import app
-from cadenza.errors import ConfigError, OutputValidationError
+from cadenza.errors import ConfigError, InputRejected, OutputValidationError
 from cadenza.models import ModelRequest
 from cadenza.prompts import PromptLibrary
 from cadenza.testing import ScriptedModel
@@ -315,6 +315,33 @@ async def test_prompt_injection_gets_a_normal_reply_without_the_classify_prompt(
         assert support_bot.knowledge_base().get(state.article_id) is not None
         assert state.article_id in state.reply
         assert desk.list() == []
+
+
+async def test_message_over_the_bots_input_limit_is_refused_before_anything_runs(
+    store: MemoryStore, deps: SimpleNamespace, desk: TicketDesk
+) -> None:
+    model = scripted("FAQ")
+    bot = build(model.name)
+    with pytest.raises(InputRejected, match="100,001 characters.*100,000"):
+        await bot.run("x" * 100_001, store=store, deps=deps, principal=USER)
+    assert model.requests == []
+    assert await store.list_runs() == []
+    assert desk.list() == []
+
+
+async def test_every_tool_call_of_the_bot_is_decided_by_its_policy_and_audited(
+    store: MemoryStore, deps: SimpleNamespace, desk: TicketDesk
+) -> None:
+    from cadenza.audit import entries
+
+    _, run_id = await ask("My invoice shows a double charge", scripted("Billing"), store, deps)
+    decided = [e.data for e in await store.events(run_id) if e.type == "policy.decided"]
+    assert [(d["name"], d["effect"], d["rule"], d["policy"]) for d in decided] == [
+        ("create_ticket", "allow", "tickets-for-the-signed-in-customer", "support-bot@1.0.0")
+    ]
+    (entry,) = await entries(store, run_id=run_id)
+    assert entry["tool"] == "create_ticket" and entry["outcome"] == "executed"
+    assert entry["actor"] == USER.user_id and entry["decision"]["rule"] == decided[0]["rule"]
 
 
 async def test_100kb_message_is_cut_for_the_model_and_the_ticket(

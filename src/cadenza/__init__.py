@@ -43,15 +43,21 @@ _EXPORTS: dict[str, str] = {
     "Budget": "budgets",
     "RunResult": "runtime",
     "Template": "prompts",
+    # safety
+    "Guards": "safety",
+    "Policy": "safety",
+    "Rule": "safety",
     # stores
     "MemoryStore": "stores",
     "SQLiteStore": "stores",
     "StateStore": "stores",
     "open_store": "stores",
     # errors
+    "ApprovalRequired": "errors",
     "BudgetExceeded": "errors",
     "CadenzaError": "errors",
     "GraphValidationError": "errors",
+    "PolicyError": "errors",
     "ReplayDivergence": "errors",
     "RunError": "errors",
     "ToolVersionError": "errors",
@@ -89,15 +95,21 @@ __all__ = [
     "Budget",
     "RunResult",
     "Template",
+    # safety
+    "Guards",
+    "Policy",
+    "Rule",
     # stores
     "MemoryStore",
     "SQLiteStore",
     "StateStore",
     "open_store",
     # errors
+    "ApprovalRequired",
     "BudgetExceeded",
     "CadenzaError",
     "GraphValidationError",
+    "PolicyError",
     "ReplayDivergence",
     "RunError",
     "ToolVersionError",
@@ -109,9 +121,11 @@ if TYPE_CHECKING:
     from .budgets import Budget
     from .context import Principal, RunContext
     from .errors import (
+        ApprovalRequired,
         BudgetExceeded,
         CadenzaError,
         GraphValidationError,
+        PolicyError,
         ReplayDivergence,
         RunError,
         ToolVersionError,
@@ -130,6 +144,7 @@ if TYPE_CHECKING:
     )
     from .prompts import Template
     from .runtime import RunResult
+    from .safety import Guards, Policy, Rule
     from .stores import MemoryStore, SQLiteStore, StateStore, open_store
     from .tools import Tool, ToolRegistry, tool
 

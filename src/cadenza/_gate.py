@@ -1,14 +1,19 @@
-"""The Gate: the one path from a model's tool calls to tool execution.
+"""The Gate: the one path from a model's (or a node's) tool calls to tool execution.
 
-In order, for each call: known tool? valid arguments? budget left? already done (idempotency
-record)? then execution with a timeout, and a journal entry. Refused and failed calls become
-error results the model can correct itself from; nothing here raises except a budget.
+For each call, in order: allow-list (the caller's tools; anything else is refused), argument
+size and schema, the policy (allow / deny / needs approval, with the taint of each argument),
+human approval (a call awaiting one pauses the run durably before anything runs), budgets,
+idempotency records, execution with a timeout, output guards (moderation, injection markers,
+size), then the journal and one audit entry per call. Refused, denied and failed calls become
+error results the model can correct itself from; only budgets and approvals stop the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -17,7 +22,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from ._run import RunHandle
+from .audit._chain import canonical_json
+from .errors import ApprovalRequired
 from .messages import ToolCall, ToolResult
+from .safety.guards import Guards, check_arguments, redact_value, screen_output
+from .safety.policy import CallFacts, Decision, Policy
+from .safety.taint import TaintTracker
 from .stores._base import ToolRecord
 from .tools import Tool, format_validation_error, to_json_result
 
@@ -26,9 +36,35 @@ MockFn = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 active_mocks: ContextVar[dict[str, MockFn] | None] = ContextVar("cadenza_mocks", default=None)
 
+DEFAULT_GUARDS = Guards()
+
+
+class SafetyState:
+    """The safety context of one run, shared with its child runs (like the budget)."""
+
+    __slots__ = ("approvals", "audited", "guards", "policy", "taint")
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        guards: Guards | None = None,
+        taint: TaintTracker | None = None,
+        approvals: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.policy = policy
+        """Decides every call; None: the allow-list alone decides."""
+        self.guards = guards or DEFAULT_GUARDS
+        self.taint = taint or TaintTracker()
+        self.approvals: dict[str, dict[str, Any]] = approvals if approvals is not None else {}
+        """Human decisions available to this run segment, by approval id (`run:step:index`)."""
+        self.audited = 0
+        """Audit entries written by this run segment."""
+
 
 class _Prepared:
-    __slots__ = ("call", "index", "kwargs", "result", "tool")
+    __slots__ = (
+        "approver", "call", "decision", "index", "kwargs", "outcome", "pending", "result", "tool",
+    )  # fmt: skip
 
     def __init__(self, index: int, call: ToolCall) -> None:
         self.index = index
@@ -36,10 +72,25 @@ class _Prepared:
         self.tool: Tool | None = None
         self.kwargs: dict[str, Any] = {}
         self.result: ToolResult | None = None
+        self.decision: Decision | None = None
+        self.approver: str | None = None
+        self.pending = False
+        self.outcome = "refused"
+
+
+def _refuse(p: _Prepared, message: str, outcome: str = "refused") -> None:
+    p.result = ToolResult(p.call.id, p.call.name, message, True)
+    p.outcome = outcome
 
 
 async def run_tool_calls(
-    run: RunHandle, tools: dict[str, Tool], calls: list[ToolCall], *, first_index: int = 0
+    run: RunHandle,
+    tools: dict[str, Tool],
+    calls: list[ToolCall],
+    *,
+    first_index: int = 0,
+    agent: str | None = None,
+    model: str | None = None,
 ) -> list[ToolResult]:
     """Pass every call through the Gate; return one result per call, in call order.
 
@@ -48,60 +99,206 @@ async def run_tool_calls(
         tools: The tools this caller may use (the allow-list).
         calls: The calls, as the model (or a node) asked for them.
         first_index: Index of the first call within the step (idempotency keys use it).
+        agent: The agent making the calls (None for a graph node).
+        model: The model that asked for them, for the audit log.
+
+    Raises:
+        ApprovalRequired: a call needs a human decision not yet given (nothing was executed).
+        BudgetExceeded: the calls would overspend the run's budget (nothing was executed).
     """
     step = run.step
+    safety: SafetyState = run.safety
+    policy, guards = safety.policy, safety.guards
     prepared: list[_Prepared] = []
     for i, call in enumerate(calls, first_index):
         p = _Prepared(i, call)
         prepared.append(p)
         run.emit(
             "tool.called",
-            {
-                "step": step,
-                "index": i,
-                "call_id": call.id,
-                "name": call.name,
-                "arguments": call.arguments,
-            },
-        )
+            {"step": step, "index": i, "call_id": call.id, "name": call.name,
+             "arguments": call.arguments},
+        )  # fmt: skip
         t = tools.get(call.name)
         if t is None:
             valid = ", ".join(sorted(tools)) or "(none)"
-            p.result = ToolResult(
-                call.id, call.name,
-                f"unknown tool {call.name!r}; the tools you can call are: {valid}", True,
-            )  # fmt: skip
+            _refuse(p, f"unknown tool {call.name!r}; the tools you can call are: {valid}")
+            continue
+        too_big = check_arguments(call.arguments, guards)
+        if too_big is not None:
+            _refuse(p, too_big)
             continue
         try:
             p.kwargs = t.validate(call.arguments)
         except ValidationError as exc:
-            p.result = ToolResult(
-                call.id, call.name,
+            _refuse(
+                p,
                 f"invalid arguments for {call.name!r}: {format_validation_error(exc)}; "
-                "call it again with arguments matching its schema", True,
-            )  # fmt: skip
+                "call it again with arguments matching its schema",
+            )
             continue
         p.tool = t
+        if policy is not None and not _decide(run, policy, p, t, step, agent):
+            continue
+    pending = [p for p in prepared if p.pending]
+    if pending:
+        _request_approvals(run, pending, step, agent, model)
     runnable = [p for p in prepared if p.result is None]
     if runnable and not run.replaying:
         run.budget.before_tools(len(runnable))
+        if run.budget.meter is not None:
+            await run.budget.meter.reserve("tool_calls", len(runnable))
     if len(runnable) == 1:
         await _execute(run, runnable[0], step)
     elif runnable:
         await asyncio.gather(*(_execute(run, p, step) for p in runnable))
     out: list[ToolResult] = []
     for p in prepared:
+        if p.outcome == "executed":
+            _screen(run, p, step)
         r = p.result
         assert r is not None
-        out.append(r)
         data = {
             "step": step, "index": p.index, "call_id": r.call_id, "name": r.name,
             "content": r.content, "is_error": r.is_error,
         }  # fmt: skip
-        if p.tool is None:
-            data["refused"] = True  # never executed: unknown tool or invalid arguments
+        if p.tool is None or p.outcome in ("denied", "denied-by-approver"):
+            data["refused"] = True  # never executed
         run.emit("tool.returned", data)
+        out.append(r)
+        _audit(run, p, step, agent, model)
     return out
+
+
+def _decide(
+    run: RunHandle, policy: Policy, p: _Prepared, t: Tool, step: int, agent: str | None
+) -> bool:
+    """Ask the policy; False when the call must not run now (denied, or awaiting approval)."""
+    taint = run.safety.taint
+    facts = CallFacts(
+        tool=t.name, version=str(t.version), side_effects=t.side_effects, args=p.kwargs,
+        principal=run.ctx.principal, workflow=run.record.workflow, agent=agent,
+        untrusted=taint.untrusted, tainted=taint.tainted(p.kwargs), injection=taint.injection,
+    )  # fmt: skip
+    d = policy.decide(facts)
+    p.decision = d
+    run.emit(
+        "policy.decided",
+        {"step": step, "index": p.index, "name": t.name, "effect": d.effect, "rule": d.rule,
+         "reason": d.reason, "policy": f"{policy.name}@{d.policy_version}",
+         "tainted": sorted(facts.tainted)},
+    )  # fmt: skip
+    if d.effect == "allow":
+        return True
+    if d.effect == "deny":
+        _refuse(p, f"denied by policy rule {d.rule!r}: {d.reason}", "denied")
+        return False
+    key = f"{run.run_id}:{step}:{p.index}"
+    if run.recording is not None:
+        rec = run.recording.find(
+            "approval.applied",
+            lambda e: e.data.get("step") == step and e.data.get("index") == p.index,
+        )
+        decided = None if rec is None else rec.data
+    else:
+        decided = run.safety.approvals.get(key)
+    if decided is None:
+        p.pending = True
+        return False
+    approved = bool(decided.get("approved"))
+    edited = decided.get("arguments")
+    run.emit(
+        "approval.applied",
+        {"step": step, "index": p.index, "id": key, "approved": approved,
+         "by": decided.get("by"), "reason": decided.get("reason", ""),
+         "arguments": edited},
+    )  # fmt: skip
+    p.approver = decided.get("by")
+    if not approved:
+        why = decided.get("reason") or "no reason given"
+        _refuse(p, f"denied by approver {p.approver}: {why}", "denied-by-approver")
+        return False
+    if edited is not None:
+        try:
+            p.kwargs = t.validate(edited)
+        except ValidationError as exc:
+            _refuse(
+                p, f"the approver's edited arguments are invalid: {format_validation_error(exc)}"
+            )
+            return False
+    return True
+
+
+def _request_approvals(
+    run: RunHandle, pending: list[_Prepared], step: int, agent: str | None, model: str | None
+) -> None:
+    asks: list[dict[str, Any]] = []
+    for p in pending:
+        d = p.decision
+        assert d is not None and p.tool is not None
+        ask = {
+            "id": f"{run.run_id}:{step}:{p.index}", "step": step, "index": p.index,
+            "name": p.tool.name, "version": str(p.tool.version), "arguments": p.kwargs,
+            "rule": d.rule, "reason": d.reason, "agent": agent,
+        }  # fmt: skip
+        run.emit("approval.requested", ask)
+        asks.append(ask)
+        p.outcome = "approval-requested"
+        _audit(run, p, step, agent, model)
+    names = ", ".join(a["name"] for a in asks)
+    raise ApprovalRequired(
+        {
+            "kind": "approval",
+            "approvals": asks,
+            "message": f"waiting for a human decision on {names} "
+            f"(`cadenza approvals list`, then approve or deny)",
+        }
+    )
+
+
+def _screen(run: RunHandle, p: _Prepared, step: int) -> None:
+    """Output guards on an executed call: moderation, injection markers, size; taint."""
+    r = p.result
+    assert r is not None
+    if r.is_error:
+        return
+    content, markers, blocked = screen_output(r.name, r.content, run.safety.guards)
+    if blocked is not None:
+        p.result = ToolResult(r.call_id, r.name, f"output withheld by moderation: {blocked}", True)
+        run.emit("guard.blocked", {"step": step, "index": p.index, "name": r.name,
+                                   "reason": blocked})  # fmt: skip
+        return
+    if markers:
+        run.emit("guard.flagged", {"step": step, "index": p.index, "name": r.name,
+                                   "markers": markers})  # fmt: skip
+    run.safety.taint.add_untrusted(r.name, content, injection=bool(markers))
+    if content is not r.content:
+        p.result = ToolResult(r.call_id, r.name, content)
+
+
+def _audit(run: RunHandle, p: _Prepared, step: int, agent: str | None, model: str | None) -> None:
+    if run.replaying:
+        return
+    principal = run.ctx.principal
+    args = p.kwargs if p.tool is not None else p.call.arguments
+    d = p.decision
+    outcome = p.outcome
+    if outcome == "executed" and p.result is not None and p.result.is_error:
+        outcome = "failed"
+    entry: dict[str, Any] = {
+        "ts": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "run": run.run_id, "workflow": run.record.workflow, "step": step, "index": p.index,
+        "actor": principal.user_id, "tenant": principal.tenant, "agent": agent, "model": model,
+        "tool": p.call.name, "version": str(p.tool.version) if p.tool is not None else None,
+        "args_hash": hashlib.sha256(canonical_json(args).encode()).hexdigest(),
+        "args": redact_value(args),
+        "decision": None if d is None else {
+            "effect": d.effect, "rule": d.rule, "policy_version": d.policy_version},
+        "approver": p.approver, "outcome": outcome,
+    }  # fmt: skip
+    if p.result is not None and p.result.is_error:
+        entry["detail"] = redact_value(str(p.result.content)[:300])
+    run.batch.audit = [*run.batch.audit, entry]
+    run.safety.audited += 1
 
 
 async def _execute(run: RunHandle, p: _Prepared, step: int) -> None:
@@ -117,6 +314,7 @@ async def _execute(run: RunHandle, p: _Prepared, step: int) -> None:
             p.result = ToolResult(
                 call.id, call.name, rec.data["content"], bool(rec.data["is_error"])
             )
+            p.outcome = "executed"
         return
     key = f"{run.run_id}:{step}:{p.index}"
     if t.side_effects:
@@ -135,6 +333,7 @@ async def _execute(run: RunHandle, p: _Prepared, step: int) -> None:
         if prior is not None and prior.status == "done":
             r = prior.result
             p.result = ToolResult(call.id, call.name, r["content"], bool(r["is_error"]))
+            p.outcome = "executed"  # before the crash; not again
             return
         if prior is not None:
             p.result = ToolResult(
@@ -142,9 +341,11 @@ async def _execute(run: RunHandle, p: _Prepared, step: int) -> None:
                 "this call was interrupted by a crash while running; its outcome is unknown and "
                 "it was not retried (side-effecting calls run at most once)", True,
             )  # fmt: skip
+            p.outcome = "unknown"
             return
         await run.record_tool(ToolRecord(key, run.run_id, "started", {"name": call.name}))
     p.result = await _invoke(run, t, call, p.kwargs, key, step)
+    p.outcome = "executed"
     if t.side_effects:
         r = p.result
         await run.record_tool(

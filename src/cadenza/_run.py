@@ -87,6 +87,7 @@ class RunHandle:
         "record",
         "recording",
         "replaying",
+        "safety",
         "seq",
         "step",
         "store",
@@ -121,6 +122,8 @@ class RunHandle:
         self.model_override: Any = None
         """A model (or model string) replacing the workflow's own, e.g. from `--model`."""
         self.batch = Batch()
+        self.safety: Any = None
+        """The run's `SafetyState` (policy, guards, taint, approvals), set by the runtime."""
 
     @property
     def run_id(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 from pydantic import TypeAdapter, ValidationError
@@ -18,6 +19,7 @@ from .errors import BudgetExceeded, ModelError, OutputValidationError, ReplayDiv
 from .messages import Message, ToolCall, Usage
 from .models import Model, ModelRequest, ModelResponse, ModelSettings, resolve_model
 from .prompts import Instructions, render_instructions
+from .safety import Guards, Policy, load_policy
 from .stores import StateStore
 from .stores._base import Checkpoint
 from .tools import Tool, ToolRegistry, resolve_tools
@@ -44,6 +46,10 @@ class Agent(Generic[OutputT]):
             correct before the run fails.
         examples: Few-shot pairs (input text, ideal answer: text, or a value of
             `output_type`), shown to the model as earlier turns of the conversation.
+        policy: Decides every tool call (allow, deny, or ask a human); a `Policy` or the path
+            of a YAML/TOML policy file, checked against `tools` now. None: the tools given
+            are the allow-list and every call to them is allowed.
+        guards: Input, argument and output guards (default: `Guards()`).
 
     """
 
@@ -60,11 +66,15 @@ class Agent(Generic[OutputT]):
         settings: ModelSettings | None = None,
         max_retries: int = 3,
         examples: Iterable[tuple[str, Any]] = (),
+        policy: Policy | str | Path | None = None,
+        guards: Guards | None = None,
     ) -> None:
         self.model = model
         self._name = name
         self.instructions = instructions
         self.tools = resolve_tools(tools, registry)
+        self.policy = load_policy(policy, self.tools)
+        self.guards = guards
         self._specs = [t.spec for t in self.tools.values()]
         self._tool_names = [t.name for t in self._specs]
         self.output_type = output_type
@@ -109,6 +119,7 @@ class Agent(Generic[OutputT]):
         run_id: str | None = None,
         listeners: list[Listener] | None = None,
         ref: str | None = None,
+        policy: Policy | None = None,
     ) -> runtime.RunResult:
         """Run the agent on `prompt` to a final answer.
 
@@ -124,6 +135,7 @@ class Agent(Generic[OutputT]):
             run_id: Use this id instead of a fresh one.
             listeners: Called with every journal event as it happens.
             ref: How to load this agent again (`file.py:name`), for resume from the CLI.
+            policy: Replaces the agent's policy for this run (checked against its tools).
 
         Raises:
             BudgetExceeded: a budget ran out (the run is checkpointed and can be resumed).
@@ -134,7 +146,7 @@ class Agent(Generic[OutputT]):
         opts = runtime.RunOptions(
             store=store, thread=thread, principal=principal, deps=deps,
             budget=budget or self.budget, run_id=run_id, ref=ref, listeners=listeners,
-            model=model,
+            model=model, policy=load_policy(policy, self.tools),
         )  # fmt: skip
         input_: Any = {"prompt": prompt, "vars": vars} if vars else prompt
         return await runtime.start(self, input_, opts)
@@ -152,11 +164,13 @@ class Agent(Generic[OutputT]):
         deps: Any = None,
         budget: Budget | None = None,
         listeners: list[Listener] | None = None,
+        policy: Policy | None = None,
     ) -> runtime.RunResult:
-        """Continue a crashed, failed or budget-stopped run from its last checkpoint."""
+        """Continue a crashed, failed, budget-stopped or approval-waiting run from its last checkpoint."""
         opts = runtime.RunOptions(
-            store=store, deps=deps, budget=budget or self.budget, model=model, listeners=listeners
-        )
+            store=store, deps=deps, budget=budget or self.budget, model=model,
+            listeners=listeners, policy=load_policy(policy, self.tools),
+        )  # fmt: skip
         return await runtime.resume(self, run_id, opts)
 
     async def replay(self, run_id: str, *, store: StateStore | None = None) -> runtime.RunResult:
@@ -188,7 +202,10 @@ class Agent(Generic[OutputT]):
         while True:
             last = messages[-1]
             if last.role == "assistant" and last.tool_calls:
-                results = await run_tool_calls(run, self.tools, last.tool_calls)
+                results = await run_tool_calls(
+                    run, self.tools, last.tool_calls, agent=self.name,
+                    model=_model_name(run, model),
+                )  # fmt: skip
                 messages.append(Message.tool(results))
                 bad = sum(1 for r in results if r.is_error and _is_refusal(r.content))
                 if bad:
@@ -256,7 +273,10 @@ class Agent(Generic[OutputT]):
             s = ModelSettings(s.temperature, s.max_tokens, s.seed, s.extra)
         request = ModelRequest(list(messages), self._specs, self._schema, s)
         if not run.replaying:
-            run.budget.before_model(request, getattr(model, "price", None))
+            price = getattr(model, "price", None)
+            run.budget.before_model(request, price)
+            if run.budget.meter is not None:
+                await run.budget.quota_before_model(request, price)
         run.step += 1
         step = run.step
         run.emit(
@@ -290,6 +310,9 @@ class Agent(Generic[OutputT]):
                     f"model {model.name!r} failed at step {step}: {type(exc).__name__}: {exc}"
                 ) from exc
         run.budget.after_model(response.usage)
+        if run.budget.meter is not None and not run.replaying:
+            await run.budget.meter.spend("tokens", response.usage.total_tokens)
+            await run.budget.meter.spend("cost", response.usage.cost)
         run.emit(
             "model.responded",
             {"step": step, "agent": self.name, "model": response.model_name or model.name,
@@ -316,6 +339,14 @@ class Agent(Generic[OutputT]):
         return f"<Agent {self.name} tools={list(self.tools)}>"
 
 
+def _model_name(run: RunHandle, model: Model) -> str:
+    """The model that asked for the calls: the last response's, else the configured one."""
+    for e in reversed(run.batch.events):
+        if e.type == "model.responded":
+            return str(e.data["model"])
+    return model.name
+
+
 def _recorded_response(run: RunHandle, step: int) -> ModelResponse:
     rec = run.recording
     assert rec is not None
@@ -332,7 +363,7 @@ def _recorded_response(run: RunHandle, step: int) -> ModelResponse:
     )
 
 
-_REFUSAL_PREFIXES = ("unknown tool ", "invalid arguments for ")
+_REFUSAL_PREFIXES = ("unknown tool ", "invalid arguments for ", "denied by policy rule ")
 
 
 def _is_refusal(content: Any) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .errors import BudgetExceeded
 from .messages import Usage
 from .models import ModelRequest
+from .quotas import Quota, QuotaMeter
 
 __all__ = ["Budget", "BudgetTracker", "estimate_tokens"]
 
@@ -30,6 +31,8 @@ class Budget:
     """US dollars across the run."""
     timeout: float | None = None
     """Seconds of wall-clock time from the run's start (or resume)."""
+    quotas: tuple[Quota, ...] = ()
+    """Limits per user and per tenant over a window, shared by all their runs (`Quota`)."""
 
 
 def estimate_tokens(request: ModelRequest) -> int:
@@ -55,7 +58,7 @@ def estimate_tokens(request: ModelRequest) -> int:
 class BudgetTracker:
     """Counts what a run has spent and refuses the next call when it would overspend."""
 
-    __slots__ = ("budget", "deadline", "steps", "tool_calls", "usage")
+    __slots__ = ("budget", "deadline", "meter", "steps", "tool_calls", "usage")
 
     def __init__(
         self, budget: Budget, usage: Usage | None = None, steps: int = 0, tool_calls: int = 0
@@ -66,6 +69,8 @@ class BudgetTracker:
         self.tool_calls = tool_calls
         t = budget.timeout
         self.deadline = None if t is None else time.monotonic() + t
+        self.meter: QuotaMeter | None = None
+        """The run's per-user and per-tenant quotas, when the budget has any."""
 
     @property
     def caps_output(self) -> bool:
@@ -115,6 +120,29 @@ class BudgetTracker:
             if max_out is not None:
                 s = request.settings
                 s.max_tokens = max_out if s.max_tokens is None else min(s.max_tokens, max_out)
+
+    async def quota_before_model(
+        self, request: ModelRequest, price: tuple[float, float] | None
+    ) -> None:
+        """Check the user's and tenant's token and cost quotas; cap the output to what is left.
+
+        Raises:
+            BudgetExceeded: a quota is used up (nothing was spent on this call).
+
+        """
+        meter = self.meter
+        assert meter is not None
+        est_in = estimate_tokens(request)
+        left = await meter.headroom("tokens", est_in + 1)
+        s = request.settings
+        if left is not None:
+            cap = max(int(left) - est_in, 1)
+            s.max_tokens = cap if s.max_tokens is None else min(s.max_tokens, cap)
+        if price is not None:
+            left_cost = await meter.headroom("cost", est_in * price[0])
+            if left_cost is not None and price[1] > 0:
+                cap = max(int((left_cost - est_in * price[0]) / price[1]), 1)
+                s.max_tokens = cap if s.max_tokens is None else min(s.max_tokens, cap)
 
     def after_model(self, usage: Usage) -> None:
         """Charge a completed model call."""

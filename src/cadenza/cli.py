@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, cast
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import CadenzaError, RunError, UserError
-from .stores import StateStore, open_store
+from ._cli_approvals import approvals_app
+from ._cli_audit import audit_app
+from ._cli_common import (
+    JsonOpt,
+    StoreOpt,
+    cli_store,
+    clock,
+    err,
+    fail,
+    jsonable,
+    listed_elsewise,
+    load_wf,
+    out,
+    print_table,
+    run_async,
+    short,
+)
+from .errors import CadenzaError
+from .stores import StateStore
 from .stores._base import Event
-
-T = TypeVar("T")
 
 
 class Status(StrEnum):
@@ -47,16 +58,9 @@ tickets_app = typer.Typer(help="Tickets opened by the support bot.", no_args_is_
 app.add_typer(tickets_app, name="tickets")
 eval_app = typer.Typer(help="Measure workflows on labelled data.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(audit_app, name="audit")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-StoreOpt = Annotated[
-    str | None,
-    typer.Option("--store", help="Store URL: a SQLite path, sqlite:///path or memory: "
-                 "(default: $CADENZA_STORE or .cadenza/cadenza.db)."),
-]  # fmt: skip
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 RunIdArg = Annotated[str, typer.Argument(help="The run id.")]
 WorkflowOpt = Annotated[
     str | None,
@@ -66,76 +70,35 @@ WorkflowOpt = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _call(fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; turn every failure into one readable line and an exit code."""
-    try:
-        return asyncio.run(_awaited(fn))
-    except typer.Exit:
-        raise
-    except UserError as exc:
-        _fail(str(exc), 2)
-    except RunError as exc:
-        rid = f" (run {exc.run_id})" if exc.run_id else ""
-        _fail(f"{type(exc).__name__}{rid}: {exc}", 1)
-    except CadenzaError as exc:
-        _fail(f"{type(exc).__name__}: {exc}", 1)
-    except KeyboardInterrupt:
-        _fail("interrupted; resume the run with `cadenza runs resume ID`", 130)
-    except Exception as exc:
-        if os.environ.get("CADENZA_DEBUG"):
-            raise
-        _fail(
-            f"unexpected {type(exc).__name__}: {exc} (set CADENZA_DEBUG=1 to see the traceback)",
-            1,
-        )
-
-
-async def _awaited(fn: Callable[[], Awaitable[T]]) -> T:
-    return await fn()
-
-
-def _store(url: str | None) -> StateStore:
-    try:
-        return open_store(url)
-    except CadenzaError as exc:
-        _fail(str(exc))
-
-
-def _load(ref: str) -> Any:
-    from ._loader import load_workflow
-
-    try:
-        return load_workflow(ref)
-    except CadenzaError as exc:
-        _fail(str(exc))
-
-
-def _jsonable(value: Any) -> Any:
-    from pydantic_core import to_jsonable_python
-
-    return to_jsonable_python(value, fallback=str)
-
-
-def _print_result(result: Any, as_json: bool, wf: Any = None) -> None:
+def print_result(result: Any, as_json: bool, wf: Any = None) -> None:
+    """Print a run result: the answer, what it waits for, or JSON."""
     if as_json:
         out.print_json(
             data={
                 "run_id": result.run_id,
                 "status": result.status,
-                "output": _jsonable(result.output),
-                "interrupt": _jsonable(result.interrupt),
+                "output": jsonable(result.output),
+                "interrupt": jsonable(result.interrupt),
                 "usage": result.usage.to_dict(),
                 "thread": result.thread,
             }
         )
         return
     if result.status == "interrupted":
-        out.print(f"[yellow]waiting for input:[/] {_short(_jsonable(result.interrupt), 2000)}")
+        ask = result.interrupt
+        if isinstance(ask, dict) and ask.get("kind") == "approval":  # pyright: ignore[reportUnknownMemberType]
+            for a in cast(list[dict[str, Any]], ask["approvals"]):
+                out.print(
+                    f"[yellow]waiting for approval[/] {a['id']}: {escape(a['name'])}"
+                    f"({short(a['arguments'], 200)}) — rule {escape(a['rule'])}: {escape(a['reason'])}"
+                )
+            out.print(
+                "decide with: cadenza approvals approve ID  |  cadenza approvals deny ID "
+                "--reason TEXT",
+                style="dim",
+            )
+            return
+        out.print(f"[yellow]waiting for input:[/] {short(jsonable(result.interrupt), 2000)}")
         out.print(f"answer with: cadenza runs resume {result.run_id} --answer '...'", style="dim")
         return
     output = result.output
@@ -143,7 +106,7 @@ def _print_result(result: Any, as_json: bool, wf: Any = None) -> None:
     if key is not None and output is not None:
         out.print(str(getattr(output, key)), markup=False)
         summary = {
-            k: v for k, v in _jsonable(output).items() if k != key and v not in (None, "", [], {})
+            k: v for k, v in jsonable(output).items() if k != key and v not in (None, "", [], {})
         }
         err.print(
             escape(
@@ -156,7 +119,7 @@ def _print_result(result: Any, as_json: bool, wf: Any = None) -> None:
     elif isinstance(output, str):
         out.print(output, markup=False)
     else:
-        out.print_json(data=_jsonable(output))
+        out.print_json(data=jsonable(output))
     u = result.usage
     err.print(
         f"run {result.run_id} · {u.requests} model call(s) · {u.total_tokens} tokens",
@@ -184,26 +147,53 @@ def run(
             help="INPUT is a JSON object of graph state fields (for graphs that take text).",
         ),
     ] = False,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Who the run acts for (the principal's id).")
+    ] = None,
+    role: Annotated[
+        list[str] | None, typer.Option("--role", help="A role of that user (repeatable).")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="The user's tenant.")] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option("--policy", help="Decide tool calls with this policy file (YAML or TOML)."),
+    ] = None,
     as_json: JsonOpt = False,
     store: StoreOpt = None,
 ) -> None:
     """Run a workflow on one input."""
-    wf = _load(workflow)
+    wf = load_wf(workflow)
+    from .context import Principal
+    from .safety import Policy
+
+    principal = None
+    if user is not None or role or tenant is not None:
+        principal = Principal(user or "anonymous", tuple(role or ()), tenant)
+    rules = None
+    if policy is not None:
+        try:
+            rules = Policy.from_file(policy)
+        except CadenzaError as exc:
+            fail(str(exc))
     value: Any = input
     if input_json:
         try:
             value = json.loads(input)
         except json.JSONDecodeError as exc:
-            _fail(f"--input-json: INPUT is not valid JSON ({exc})")
+            fail(f"--input-json: INPUT is not valid JSON ({exc})")
         if not isinstance(value, dict) or wf.kind != "graph":
-            _fail("--input-json takes a JSON object, for graph workflows")
-    st = _store(store)
+            fail("--input-json takes a JSON object, for graph workflows")
+    st = cli_store(store)
     target, _, name = workflow.rpartition(":")
     ref = (
         f"{os.path.abspath(target)}:{name}" if target.endswith(".py") or "/" in target else workflow
     )
-    result = _call(lambda: wf.run(value, store=st, thread=thread, model=model, ref=ref))
-    _print_result(result, as_json, wf)
+    result = run_async(
+        lambda: wf.run(
+            value, store=st, thread=thread, model=model, ref=ref, principal=principal, policy=rules
+        )
+    )
+    print_result(result, as_json, wf)
 
 
 @app.command()
@@ -211,9 +201,9 @@ def graph(
     workflow: Annotated[str, typer.Argument(help="path/file.py:name or package.module:name")],
 ) -> None:
     """Print a graph workflow as a Mermaid flowchart."""
-    wf = _load(workflow)
+    wf = load_wf(workflow)
     if not hasattr(wf, "to_mermaid"):
-        _fail(f"{workflow!r} is an agent, not a graph; only graphs can be drawn")
+        fail(f"{workflow!r} is an agent, not a graph; only graphs can be drawn")
     out.print(wf.to_mermaid(), markup=False)
 
 
@@ -226,10 +216,10 @@ def runs_list(
     store: StoreOpt = None,
 ) -> None:
     """List recent runs, newest first."""
-    st = _store(store)
+    st = cli_store(store)
     wanted = status.value if status is not None else None
-    runs = _call(lambda: st.list_runs(thread=thread, status=wanted, limit=limit))
-    if _listed_elsewise(runs, as_json, "no runs yet; start one with `cadenza run WORKFLOW INPUT`"):
+    runs = run_async(lambda: st.list_runs(thread=thread, status=wanted, limit=limit))
+    if listed_elsewise(runs, as_json, "no runs yet; start one with `cadenza run WORKFLOW INPUT`"):
         return
     table = Table(box=None)
     # Ids and statuses never wrap or shrink (they are copied into other commands).
@@ -243,9 +233,9 @@ def runs_list(
         table.add_row(
             r.id, escape(f"{r.workflow} ({r.kind})"),
             f"[{colors.get(r.status, 'white')}]{escape(r.status)}[/]",
-            _time(r.created_at), r.thread or "",
+            clock(r.created_at), r.thread or "",
         )  # fmt: skip
-    _print_table(table)
+    print_table(table)
 
 
 @runs_app.command("show")
@@ -255,7 +245,7 @@ def runs_show(
     store: StoreOpt = None,
 ) -> None:
     """Show a run's timeline."""
-    st = _store(store)
+    st = cli_store(store)
 
     async def load() -> tuple[Any, list[Event]]:
         from .errors import RunNotFound
@@ -265,9 +255,9 @@ def runs_show(
             raise RunNotFound(f"no run {run_id!r} in the store; list runs with `cadenza runs list`")
         return rec, await st.events(run_id)
 
-    rec, events = _call(load)
+    rec, events = run_async(load)
     if as_json:
-        out.print_json(data={"run": _jsonable(rec), "events": [_jsonable(e) for e in events]})
+        out.print_json(data={"run": jsonable(rec), "events": [jsonable(e) for e in events]})
         return
     out.print(
         f"[bold]run {escape(rec.id)}[/]  {escape(rec.workflow)} ({rec.kind})  status: {rec.status}"
@@ -293,15 +283,15 @@ def runs_resume(
     store: StoreOpt = None,
 ) -> None:
     """Resume a crashed, failed or interrupted run from its last checkpoint."""
-    st = _store(store)
-    wf = _load(workflow or _ref_of(st, run_id))
+    st = cli_store(store)
+    wf = load_wf(workflow or _ref_of(st, run_id))
     kwargs: dict[str, Any] = {"store": st}
     if answer is not None:
         if wf.kind != "graph":
-            _fail("--answer is for graph runs waiting on interrupt(); agents resume without it")
+            fail("--answer is for graph runs waiting on interrupt(); agents resume without it")
         kwargs["answer"] = _parse_answer(answer)
-    result = _call(lambda: wf.resume(run_id, **kwargs))
-    _print_result(result, as_json)
+    result = run_async(lambda: wf.resume(run_id, **kwargs))
+    print_result(result, as_json)
 
 
 @runs_app.command("replay")
@@ -312,12 +302,12 @@ def runs_replay(
     store: StoreOpt = None,
 ) -> None:
     """Replay a recorded run with no model or tool call; report the first divergence."""
-    st = _store(store)
-    wf = _load(workflow or _ref_of(st, run_id))
-    result = _call(lambda: wf.replay(run_id, store=st))
+    st = cli_store(store)
+    wf = load_wf(workflow or _ref_of(st, run_id))
+    result = run_async(lambda: wf.replay(run_id, store=st))
     if not as_json:
         err.print("[green]replay matches the recording[/]")
-    _print_result(result, as_json)
+    print_result(result, as_json)
 
 
 @app.command()
@@ -332,10 +322,10 @@ def trace(
     """Print a run's trace as JSONL spans (run → node → model / tool calls)."""
     from .tracing import export_otel, to_jsonl, trace_run
 
-    st = _store(store)
-    spans = _call(lambda: trace_run(st, run_id))
+    st = cli_store(store)
+    spans = run_async(lambda: trace_run(st, run_id))
     if not spans:
-        _fail(f"no run {run_id!r} in the store; list runs with `cadenza runs list`")
+        fail(f"no run {run_id!r} in the store; list runs with `cadenza runs list`")
     sys.stdout.write(to_jsonl(spans))
     if otel:
         export_otel(spans)
@@ -380,7 +370,7 @@ def models_pull(
         entry = catalog.find_entry(name.removeprefix("local:"))
         path = resolve_path(entry.name)
     except CadenzaError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print(f"{entry.name} ready: {path}", markup=False)
 
 
@@ -396,8 +386,8 @@ def tickets_list(
     try:
         tickets = default_desk().list(user_id=user, limit=limit)
     except CadenzaError as exc:
-        _fail(str(exc))
-    if _listed_elsewise(tickets, as_json, "no tickets yet"):
+        fail(str(exc))
+    if listed_elsewise(tickets, as_json, "no tickets yet"):
         return
     table = Table(box=None)
     table.add_column("ticket", no_wrap=True)
@@ -405,9 +395,9 @@ def tickets_list(
         table.add_column(col, overflow="fold")
     for t in tickets:
         table.add_row(
-            t.id, escape(t.user_id), t.intent, t.status, _time(t.created_at), escape(t.subject)
+            t.id, escape(t.user_id), t.intent, t.status, clock(t.created_at), escape(t.subject)
         )
-    _print_table(table)
+    print_table(table)
 
 
 @eval_app.command("support")
@@ -425,11 +415,11 @@ def eval_support(
     from .apps.support.evaluate import evaluate, load_cases
 
     if split not in ("dev", "holdout", "all"):
-        _fail(f"--split must be dev, holdout or all, not {split!r}")
+        fail(f"--split must be dev, holdout or all, not {split!r}")
     total = len(load_cases(split=split)[:limit])
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task(f"support bot on {model}", total=total)
-        report = _call(
+        report = run_async(
             lambda: evaluate(model, split=split, limit=limit, on_case=lambda _: bar.advance(task))
         )
     data = report.to_dict()
@@ -462,28 +452,12 @@ def eval_support(
         )
 
 
-def _listed_elsewise(rows: list[Any], as_json: bool, empty: str) -> bool:
-    """Print `rows` as JSON, or say there are none; False when a table is still wanted."""
-    if as_json:
-        out.print_json(data=[_jsonable(r) for r in rows])
-        return True
-    if not rows:
-        err.print(empty)
-        return True
-    return False
-
-
-def _print_table(table: Table) -> None:
-    # A pipe gets whole lines (ids are copied from there), a terminal its own width.
-    (out if out.is_terminal else Console(width=10_000, highlight=False)).print(table)
-
-
 def _ref_of(st: StateStore, run_id: str) -> str:
-    rec = _call(lambda: st.get_run(run_id))
+    rec = run_async(lambda: st.get_run(run_id))
     if rec is None:
-        _fail(f"no run {run_id!r} in the store; list runs with `cadenza runs list`")
+        fail(f"no run {run_id!r} in the store; list runs with `cadenza runs list`")
     if not rec.ref:
-        _fail(
+        fail(
             f"run {run_id} does not record where its workflow lives; pass --workflow path/file.py:name"
         )
     return rec.ref
@@ -496,54 +470,44 @@ def _parse_answer(text: str) -> Any:
         return text
 
 
-def _time(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _short(value: Any, n: int = 80) -> str:
-    """`value` as text, cut to `n` characters and escaped for Rich markup."""
-    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
-    return escape(text if len(text) <= n else text[: n - 1] + "…")
-
-
 def _describe(e: Event) -> str:
     d = e.data
     t = e.type
     if t == "run.started":
-        return f"[bold]started[/] {_short(d.get('workflow'))} with {_short(d.get('input'))}"
+        return f"[bold]started[/] {short(d.get('workflow'))} with {short(d.get('input'))}"
     if t == "run.resumed":
-        extra = f" with answer {_short(d['answer'])}" if "answer" in d else ""  # escaped
+        extra = f" with answer {short(d['answer'])}" if "answer" in d else ""  # escaped
         return f"[bold]resumed[/] from step {d.get('from_step')}{extra}"
     if t == "node.finished":
         child = f" (child run {d['child']})" if d.get("child") else ""
         return (
-            f"step {d['step']}: node [cyan]{_short(d['node'])}[/] → {_short(d.get('update'), 60)}"
-            f" → next {_short(d['next'])}{child}"
+            f"step {d['step']}: node [cyan]{short(d['node'])}[/] → {short(d.get('update'), 60)}"
+            f" → next {short(d['next'])}{child}"
         )
     if t == "node.failed":
         child = f" (child run {d['child']})" if d.get("child") else ""
-        return f"step {d['step']}: node [red]{_short(d['node'])} failed[/]{child}: {_short(d.get('error'), 100)}"
+        return f"step {d['step']}: node [red]{short(d['node'])} failed[/]{child}: {short(d.get('error'), 100)}"
     if t == "model.requested":
-        return f"step {d['step']}: ask {_short(d.get('model'))} ({d.get('messages')} messages)"
+        return f"step {d['step']}: ask {short(d.get('model'))} ({d.get('messages')} messages)"
     if t == "model.responded":
         u = d.get("usage", {})
         what = (
-            "calls " + _short(", ".join(c["name"] for c in d.get("tool_calls", [])))
-            if d.get("tool_calls") else f"answers {_short(d.get('text'))}"
+            "calls " + short(", ".join(c["name"] for c in d.get("tool_calls", [])))
+            if d.get("tool_calls") else f"answers {short(d.get('text'))}"
         )  # fmt: skip
         return f"step {d['step']}: model {what} ({u.get('input_tokens', 0)}+{u.get('output_tokens', 0)} tokens)"
     if t == "tool.called":
-        return f"step {d['step']}: call [magenta]{_short(d['name'])}[/]({_short(d.get('arguments'), 60)})"
+        return f"step {d['step']}: call [magenta]{short(d['name'])}[/]({short(d.get('arguments'), 60)})"
     if t == "tool.returned":
         mark = "[red]error[/]" if d.get("is_error") else "ok"
-        return f"step {d['step']}: {_short(d['name'])} {mark}: {_short(d.get('content'), 60)}"
+        return f"step {d['step']}: {short(d['name'])} {mark}: {short(d.get('content'), 60)}"
     if t == "run.interrupted":
-        return f"[yellow]waiting for input[/]: {_short(d.get('prompt'))}"
+        return f"[yellow]waiting for input[/]: {short(d.get('prompt'))}"
     if t == "run.failed":
-        return f"[red]failed[/]: {_short(d['error']['type'])}: {_short(d['error']['message'], 120)}"
+        return f"[red]failed[/]: {short(d['error']['type'])}: {short(d['error']['message'], 120)}"
     if t == "run.finished":
         return "[green]finished[/]"
-    return f"{escape(t)} {_short(d)}"
+    return f"{escape(t)} {short(d)}"
 
 
 def main() -> None:

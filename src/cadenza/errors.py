@@ -9,7 +9,10 @@ CadenzaError
 │   ├── GraphValidationError          compile() found problems (all of them, by node)
 │   ├── WorkflowLoadError             `path/file.py:name` could not be loaded
 │   ├── RunNotFound (LookupError)     no run with that id in the store
-│   └── ResumeError                   the run cannot be resumed (finished, or awaits an answer)
+│   ├── ResumeError                   the run cannot be resumed (finished, or awaits an answer)
+│   ├── PolicyError (ValueError)      a policy that cannot load: every bad rule, named
+│   ├── ApprovalError                 no such pending approval, or it was already decided
+│   └── InputRejected                 a guard refused the run's input (size, moderation)
 ├── RunError                      the run failed while executing
 │   ├── BudgetExceeded                a step/tool-call/token/cost/time budget would be overspent
 │   ├── ToolTimeout                   a tool ran past its timeout
@@ -22,7 +25,7 @@ CadenzaError
 └── StoreError                    the state store failed or holds inconsistent data
 ```
 
-Control-flow signals (`GraphInterrupt`) derive from `CadenzaSignal`, a `BaseException`, so an
+Control-flow signals (`GraphInterrupt`, and `ApprovalRequired` under it) derive from `CadenzaSignal`, a `BaseException`, so an
 `except CadenzaError` (or `except Exception`) in user code never swallows them.
 """
 
@@ -31,15 +34,19 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ApprovalError",
+    "ApprovalRequired",
     "BudgetExceeded",
     "CadenzaError",
     "CadenzaSignal",
     "ConfigError",
     "GraphInterrupt",
     "GraphValidationError",
+    "InputRejected",
     "LoopLimitExceeded",
     "ModelError",
     "OutputValidationError",
+    "PolicyError",
     "ReplayDivergence",
     "ResumeError",
     "RunError",
@@ -162,6 +169,24 @@ class ResumeError(UserError):
     """A run cannot be resumed: it already finished, or it waits for an answer not given."""
 
 
+class PolicyError(UserError, ValueError):
+    """A policy could not be loaded: unknown tools, malformed predicates (all listed, by rule)."""
+
+    def __init__(self, problems: list[str], source: str = "policy") -> None:
+        self.problems = problems
+        """One line per problem, each naming the rule."""
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
+
+
+class ApprovalError(UserError):
+    """No pending approval with that id, or it was already decided."""
+
+
+class InputRejected(UserError):
+    """A guard refused the run's input before anything was spent (too large, moderation)."""
+
+
 class ReplayDivergence(RunError):
     """Replaying a recorded run produced something different from the recording."""
 
@@ -194,3 +219,7 @@ class GraphInterrupt(CadenzaSignal):
         self.prompt = prompt
         """What the node asks the human (any JSON value)."""
         super().__init__(prompt)
+
+
+class ApprovalRequired(GraphInterrupt):
+    """Raised by the Gate: a tool call needs a human decision; the run pauses durably."""

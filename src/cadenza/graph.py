@@ -20,6 +20,7 @@ import inspect
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel
@@ -27,6 +28,7 @@ from pydantic import BaseModel
 from ._run import NO_ANSWER
 from .errors import ConfigError, GraphInterrupt, GraphValidationError
 from .models import resolve_model
+from .safety import Guards, Policy, load_policy
 from .tools import Tool, ToolRegistry, resolve_tools
 
 if TYPE_CHECKING:
@@ -102,6 +104,9 @@ class Graph(Generic[S]):
         tools: Tools (or requirement strings) that nodes may call through the Gate with
             `ctx.call_tool(name, **arguments)`.
         registry: Where requirement strings are resolved.
+        policy: Decides every tool call of the run, its agent nodes' included (allow, deny,
+            or ask a human): a `Policy` or a YAML/TOML file, checked against `tools` now.
+        guards: Input, argument and output guards (default: `Guards()`).
 
     """
 
@@ -115,6 +120,8 @@ class Graph(Generic[S]):
         output_key: str | None = None,
         tools: Iterable[Tool | str] = (),
         registry: ToolRegistry | None = None,
+        policy: Policy | str | Path | None = None,
+        guards: Guards | None = None,
     ) -> None:
         if not (isinstance(state, type) and issubclass(state, BaseModel)):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ConfigError(f"Graph state must be a pydantic BaseModel subclass, got {state!r}")
@@ -123,6 +130,8 @@ class Graph(Generic[S]):
         self.state = state
         self.tools = resolve_tools(tools, registry)
         """The tools nodes may call with `ctx.call_tool` (resolved now: fails at start-up)."""
+        self.policy = load_policy(policy, self.tools)
+        self.guards = guards
         self.name = name
         self.max_steps = max_steps
         self.input_key = input_key
@@ -367,6 +376,16 @@ class CompiledGraph(Generic[S]):
         """Always 'graph'."""
         return "graph"
 
+    @property
+    def policy(self) -> Policy | None:
+        """The graph's policy, if any."""
+        return self.graph.policy
+
+    @property
+    def guards(self) -> Guards | None:
+        """The graph's guards, if any."""
+        return self.graph.guards
+
     def to_mermaid(self) -> str:
         """The graph as a Mermaid flowchart."""
         return _mermaid(self.graph)
@@ -390,6 +409,7 @@ class CompiledGraph(Generic[S]):
         run_id: str | None = None,
         listeners: list[Listener] | None = None,
         ref: str | None = None,
+        policy: Policy | None = None,
     ) -> RunResult:
         """Run the graph from START to END (or to an interrupt).
 
@@ -405,6 +425,7 @@ class CompiledGraph(Generic[S]):
             run_id: Use this id instead of a fresh one.
             listeners: Called with every journal event as it happens.
             ref: How to load this graph again (`file.py:name`), for resume from the CLI.
+            policy: Replaces the graph's policy for this run (checked against its tools).
 
         """
         from . import runtime
@@ -414,6 +435,7 @@ class CompiledGraph(Generic[S]):
         opts = runtime.RunOptions(
             store=store, thread=thread, principal=principal, deps=deps, budget=budget,
             run_id=run_id, ref=ref, listeners=listeners, model=model,
+            policy=load_policy(policy, self.graph.tools),
         )  # fmt: skip
         if thread is not None:
             return await runtime.start(self, input, opts)  # validated once merged with the thread
@@ -435,13 +457,19 @@ class CompiledGraph(Generic[S]):
         deps: Any = None,
         budget: Budget | None = None,
         listeners: list[Listener] | None = None,
+        policy: Policy | None = None,
     ) -> RunResult:
-        """Continue a run: after a crash or failure, or with the `answer` an interrupt awaits."""
+        """Continue a run after a crash, a failure, an interrupt or a wait for approvals.
+
+        Give the `answer` an `interrupt()` awaits; a run waiting for approvals resumes once
+        every one of them is decided.
+        """
         from . import runtime
 
         opts = runtime.RunOptions(
-            store=store, deps=deps, budget=budget, model=model, listeners=listeners
-        )
+            store=store, deps=deps, budget=budget, model=model, listeners=listeners,
+            policy=load_policy(policy, self.graph.tools),
+        )  # fmt: skip
         has_answer = answer is not NO_ANSWER
         return await runtime.resume(
             self, run_id, opts, answer=answer if has_answer else None, has_answer=has_answer

@@ -8,11 +8,13 @@ terminal events, and the translation of failures and interrupts into run status.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
+from ._gate import DEFAULT_GUARDS, SafetyState
 from ._run import NO_ANSWER, Listener, Recording, RunHandle
 from .budgets import Budget, BudgetTracker
 from .context import Principal, RunContext
@@ -24,6 +26,10 @@ from .errors import (
     RunNotFound,
 )
 from .messages import Message, Usage
+from .quotas import QuotaMeter
+from .safety.guards import Guards, check_input, redact, redact_value
+from .safety.policy import Policy
+from .safety.taint import TaintTracker
 from .stores import StateStore, default_store
 from .stores._base import Checkpoint, RunRecord
 
@@ -87,6 +93,8 @@ class RunOptions:
     ref: str | None = None
     listeners: list[Listener] | None = None
     model: Any = None
+    policy: Policy | None = None
+    guards: Guards | None = None
 
 
 _ID_PREFIX = os.urandom(6).hex()
@@ -135,7 +143,13 @@ async def start(
             "user_id": principal.user_id, "roles": list(principal.roles), "tenant": principal.tenant},
         created_at=now, updated_at=now,
     )  # fmt: skip
+    if parent is None:  # before anything is written or spent
+        check_input(
+            _input_text(record.input), opts.guards or getattr(wf, "guards", None) or DEFAULT_GUARDS
+        )
     budget = parent.budget if parent else BudgetTracker(opts.budget or _DEFAULT_BUDGET)
+    if parent is None and budget.budget.quotas:
+        await _meter(budget, principal, store)
     ctx = RunContext(
         record.id,
         opts.thread,
@@ -147,6 +161,7 @@ async def start(
         listeners=opts.listeners if opts.listeners is not None else (parent.listeners if parent else None),
         recording=None,
     )  # fmt: skip
+    run.safety = _safety(wf, opts, parent, [record.input])
     data: dict[str, Any] = {"workflow": wf.name, "kind": wf.kind, "input": record.input}
     if opts.thread:
         data["thread"] = opts.thread
@@ -179,13 +194,10 @@ async def resume(
         raise RunNotFound(f"no run {run_id!r} in the store; list runs with `cadenza runs list`")
     if record.status == "finished":
         raise ResumeError(f"run {run_id} already finished; there is nothing to resume")
-    if record.status == "interrupted" and not has_answer:
-        raise ResumeError(
-            f"run {run_id} is waiting for human input; resume it with an answer "
-            "(`cadenza runs resume ID --answer TEXT`)"
-        )
-    cp = await store.checkpoint(run_id)
     events = await store.events(run_id)
+    if record.status == "interrupted" and not has_answer:
+        await _check_approvals(store, run_id, events)
+    cp = await store.checkpoint(run_id)
     seq = events[-1].seq if events else 0
     principal = _principal_of(record)
     budget = (
@@ -198,6 +210,8 @@ async def resume(
             _tools_so_far(events),
         )
     )
+    if parent is None and budget.budget.quotas:
+        await _meter(budget, principal, store)
     ctx = RunContext(record.id, record.thread, principal, opts.deps)
     run = RunHandle(
         store, record, ctx, budget,
@@ -208,6 +222,8 @@ async def resume(
     run.model_override = (
         opts.model if opts.model is not None else (parent.model_override if parent else None)
     )
+    run.safety = safety = _safety(wf, opts, parent, [record.input])
+    _load_safety(safety, events)
     record.status = "running"
     record.error = None
     data: dict[str, Any] = {
@@ -245,6 +261,7 @@ async def replay(wf: Workflow, run_id: str, opts: RunOptions) -> RunResult:
     budget = BudgetTracker(Budget(max_steps=None))
     run = RunHandle(store, shadow, ctx, budget, listeners=opts.listeners, recording=recording)
     run.model_override = opts.model
+    run.safety = _safety(wf, opts, None, [record.input])
     try:
         output, _ = await wf._drive(run, None, record.input, NO_ANSWER)  # pyright: ignore[reportPrivateUsage]
     except GraphInterrupt as sig:
@@ -260,6 +277,20 @@ async def replay(wf: Workflow, run_id: str, opts: RunOptions) -> RunResult:
 async def _drive(
     wf: Workflow, run: RunHandle, cp: Checkpoint | None, input: Any, answer: Any, top: bool
 ) -> RunResult:
+    meter = run.budget.meter
+    if not top or meter is None:
+        return await _segment(wf, run, cp, input, answer, top)
+    began = time.monotonic()
+    try:
+        return await _segment(wf, run, cp, input, answer, top)
+    finally:
+        await meter.spend("seconds", time.monotonic() - began)
+
+
+async def _segment(
+    wf: Workflow, run: RunHandle, cp: Checkpoint | None, input: Any, answer: Any, top: bool
+) -> RunResult:
+    """Drive one segment of a run (start or resume to finish, interrupt or failure)."""
     rec = run.record
     try:
         output, output_json = await wf._drive(run, cp, input, answer)  # pyright: ignore[reportPrivateUsage]
@@ -268,6 +299,8 @@ async def _drive(
         run.emit("run.interrupted", {"step": run.step, "prompt": sig.prompt})
         run.stage(run=True)
         await run.commit()
+        if top and run.safety.audited:
+            await _sign_audit(run)
         if top:
             return RunResult(
                 rec.id,
@@ -284,11 +317,20 @@ async def _drive(
         try:
             run.stage(run=True)
             await run.commit()
+            if top and run.safety is not None and run.safety.audited:
+                await _sign_audit(run)
         except Exception:
             pass
         if isinstance(exc, RunError) and (exc.run_id is None or top):
             exc.run_id = rec.id  # the run the caller started (child runs are in its journal)
         raise
+    guards: Guards = run.safety.guards
+    if top and guards.redact_output:
+        output_json = redact_value(output_json)
+        if isinstance(output, str):
+            output = redact(output)
+        elif isinstance(output, dict | list):
+            output = redact_value(output)
     rec.status = "finished"
     rec.output = output_json
     usage = run.budget.usage
@@ -299,9 +341,91 @@ async def _drive(
     run.stage(run=True)
     if not run.commit_now():
         await run.commit()
+    if top and run.safety.audited:
+        await _sign_audit(run)
     return RunResult(
         rec.id, "finished", output, run.budget.usage, run.messages or [], thread=rec.thread
     )
+
+
+async def _meter(budget: BudgetTracker, principal: Principal, store: StateStore) -> None:
+    """Attach the user's and tenant's quotas; refuse to start when their run time is used up."""
+    budget.meter = QuotaMeter(budget.budget.quotas, principal, store)
+    await budget.meter.headroom("seconds")
+
+
+def _input_text(input: Any) -> str:
+    """The text of a run's input (JSON), as the input guards see it."""
+    if isinstance(input, str):
+        return input
+    if isinstance(input, dict):
+        values = cast(dict[str, Any], input).values()
+        return "\n".join(
+            v if isinstance(v, str) else json.dumps(v) for v in values if v is not None
+        )
+    return json.dumps(input, default=str)
+
+
+def _safety(
+    wf: Workflow, opts: RunOptions, parent: RunHandle | None, trusted: list[Any]
+) -> SafetyState:
+    """The run's safety context: the parent's (shared taint, approvals), or a new one."""
+    own: Policy | None = opts.policy or getattr(wf, "policy", None)
+    if parent is not None:
+        shared: SafetyState = parent.safety
+        if own is None or own is shared.policy:
+            return shared
+        return SafetyState(own, shared.guards, shared.taint, shared.approvals)
+    guards = opts.guards or getattr(wf, "guards", None)
+    return SafetyState(own, guards, TaintTracker(trusted))
+
+
+def _load_safety(safety: SafetyState, events: list[Any]) -> None:
+    """Rebuild what a resumed run had read (taint) and the decisions taken while it waited."""
+    taint = safety.taint
+    flagged = {(e.data["step"], e.data["index"]) for e in events if e.type == "guard.flagged"}
+    for e in events:
+        d = e.data
+        if e.type == "tool.returned" and not d.get("is_error") and not d.get("refused"):
+            taint.add_untrusted(
+                d["name"], d["content"], injection=(d["step"], d["index"]) in flagged
+            )
+        elif e.type == "approval.decided":
+            safety.approvals[d["id"]] = d
+
+
+async def _check_approvals(store: StateStore, run_id: str, events: list[Any]) -> None:
+    """An interrupted run resumed without an answer must be waiting for decided approvals."""
+    last = next((e for e in reversed(events) if e.type == "run.interrupted"), None)
+    prompt: Any = last.data.get("prompt") if last is not None else None
+    if not (isinstance(prompt, dict) and cast(dict[str, Any], prompt).get("kind") == "approval"):
+        raise ResumeError(
+            f"run {run_id} is waiting for human input; resume it with an answer "
+            "(`cadenza runs resume ID --answer TEXT`)"
+        )
+    from .approvals import decisions
+
+    asks = cast(list[dict[str, Any]], prompt["approvals"])
+    known: dict[str, dict[str, Any]] = {}
+    for owner in {a["id"].rsplit(":", 2)[0] for a in asks}:
+        known.update(await decisions(store, owner))
+    waiting = [a for a in asks if a["id"] not in known]
+    if waiting:
+        ids = ", ".join(f"{a['id']} ({a['name']})" for a in waiting)
+        raise ResumeError(
+            f"run {run_id} is waiting for a human decision on {ids}; decide with "
+            "`cadenza approvals approve ID --by NAME` or `cadenza approvals deny ID --by NAME "
+            "--reason TEXT`"
+        )
+
+
+async def _sign_audit(run: RunHandle) -> None:
+    """Sign the audit chain's head when due (every N entries or T seconds)."""
+    from .audit import checkpointer_for
+
+    cp = checkpointer_for(run.store)
+    if cp is not None:
+        await cp.maybe()
 
 
 def _principal_of(record: RunRecord) -> Principal:

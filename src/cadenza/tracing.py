@@ -3,7 +3,8 @@
 Spans are derived from the journal, never recorded separately, so a trace can be rebuilt for
 any past run (`trace_run`) and exported as JSONL or as OpenTelemetry spans following the GenAI
 semantic conventions (`cadenza[otel]`). `Tracer` does it live, with sampling: a rate, and
-failed runs always kept.
+failed runs always kept. Spans carry names, timings, usage and policy decisions, never tool
+arguments or outputs; error messages are PII-redacted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .safety.guards import redact
 from .stores._base import Event, StateStore
 
 __all__ = ["Span", "Tracer", "build_trace", "export_otel", "to_jsonl", "trace_run"]
@@ -81,11 +83,12 @@ def _run_spans(
     prev_ts = first.ts  # a node starts when the previous journal entry was written
     pending_model: dict[int, Event] = {}
     pending_tool: dict[tuple[int, int], Event] = {}
+    decided: dict[tuple[int, int], dict[str, Any]] = {}
     for e in events:
         d = e.data
         started, prev_ts = prev_ts, e.ts
         if e.type == "run.failed":
-            run_span.error = f"{d['error']['type']}: {d['error']['message']}"
+            run_span.error = redact(f"{d['error']['type']}: {d['error']['message']}")
             run_span.attributes["error.type"] = d["error"]["type"]
         elif e.type == "node.failed":
             sid = f"{run_id}/n{d['step']}"
@@ -93,7 +96,7 @@ def _run_spans(
                 Span(sid, run_span.span_id, f"node {d['node']}", "node", run_id, started, e.ts,
                      {"cadenza.node": d["node"], "cadenza.step": d["step"],
                       "error.type": str(d.get("error", "")).split(":")[0]},
-                     str(d.get("error", "")))
+                     redact(str(d.get("error", ""))))
             )  # fmt: skip
             child = d.get("child")
             if child:
@@ -131,6 +134,8 @@ def _run_spans(
             )  # fmt: skip
         elif e.type == "tool.called":
             pending_tool[(int(d["step"]), int(d["index"]))] = e
+        elif e.type == "policy.decided":
+            decided[(int(d["step"]), int(d["index"]))] = d
         elif e.type == "tool.returned":
             call = pending_tool.pop((int(d["step"]), int(d["index"])), None)
             s = Span(
@@ -139,8 +144,13 @@ def _run_spans(
                 {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": d["name"],
                  "gen_ai.tool.call.id": d.get("call_id", "")},
             )  # fmt: skip
+            policy = decided.pop((int(d["step"]), int(d["index"])), None)
+            if policy is not None:
+                s.attributes["cadenza.policy.effect"] = policy["effect"]
+                s.attributes["cadenza.policy.rule"] = policy["rule"]
+                s.attributes["cadenza.policy.version"] = policy["policy"]
             if d.get("is_error"):
-                s.error = str(d.get("content"))
+                s.error = redact(str(d.get("content")))
                 s.attributes["error.type"] = (
                     "refused" if d.get("refused")
                     else "timeout" if "timed out" in s.error

@@ -34,6 +34,7 @@ from ..models import (
     TextDelta,
     ToolCallEvent,
 )
+from ..safety.guards import tool_output_text
 from . import catalog
 from ._grammar import output_grammar, tools_grammar
 
@@ -373,15 +374,7 @@ def _call_from(raw: str) -> ToolCall:
 def _to_chat(m: Message) -> dict[str, Any]:
     if m.role == "tool":
         # One chat message per result; the content says it is data, not instructions.
-        return {
-            "role": "tool",
-            "content": "\n".join(
-                json.dumps(r.content, ensure_ascii=False)
-                if not isinstance(r.content, str)
-                else r.content
-                for r in m.tool_results
-            ),
-        }
+        return {"role": "tool", "content": "\n".join(tool_output_text(r) for r in m.tool_results)}
     d: dict[str, Any] = {"role": m.role, "content": m.text}
     if m.tool_calls:
         d["tool_calls"] = [

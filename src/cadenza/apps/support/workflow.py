@@ -26,6 +26,7 @@ from ...context import RunContext
 from ...graph import END, START, Graph
 from ...models import ModelSettings
 from ...prompts import PromptLibrary
+from ...safety import Guards
 from ...tools import tool
 from .kb import KnowledgeBase
 from .tickets import TicketDesk, default_desk
@@ -153,6 +154,10 @@ def create_ticket(
     return {"ticket_id": ticket.id, "status": ticket.status}
 
 
+GUARDS = Guards(max_input_chars=100_000, max_argument_chars=16_000)
+"""The bot reads long messages (it cuts them for the models and keeps 10,000 characters in a
+ticket), so it accepts up to 100,000 characters where the default guard stops at 20,000."""
+
 _FRESH: dict[str, Any] = {
     "intent": None, "route": None, "article_id": None, "article_title": None, "score": 0.0,
     "ticket_id": None, "reply": "",
@@ -261,7 +266,7 @@ def build(
 
     g = Graph(
         SupportState, name="support", input_key="message", output_key="reply",
-        tools=[search_kb, create_ticket],
+        tools=[search_kb, create_ticket], policy=HERE / "policy.yaml", guards=GUARDS,
     )  # fmt: skip
     g.add_node("check", _check)
     g.add_node(

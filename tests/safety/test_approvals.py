@@ -1,0 +1,219 @@
+"""Human approval: a call the policy marks "approve" pauses the run durably until someone decides."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cadenza import END, START, Agent, Graph, Policy, Principal, Rule, tool
+from cadenza.approvals import approve, deny, list_approvals
+from cadenza.audit import entries
+from cadenza.context import RunContext
+from cadenza.errors import ApprovalError, ResumeError
+from cadenza.stores import SQLiteStore
+from cadenza.testing import ScriptedModel, call
+
+PAID: list[dict[str, Any]] = []
+
+
+@tool(side_effects=True)
+def pay(iban: str, amount: float) -> str:
+    """Pay money out.
+
+    Args:
+        iban: Account.
+        amount: Euros.
+    """
+    PAID.append({"iban": iban, "amount": amount})
+    return f"paid {amount} to {iban}"
+
+
+POLICY = Policy(
+    [
+        Rule("small", "allow", tools=("pay",), when=("args.amount <= 100",)),
+        Rule(
+            "large",
+            "approve",
+            tools=("pay",),
+            when=("args.amount > 100",),
+            reason="payouts over 100 EUR need a second person",
+        ),
+    ],
+    version="7",
+)
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    PAID.clear()
+
+
+def _agent(*script: Any) -> Agent[str]:
+    return Agent(ScriptedModel(list(script)), name="payer", tools=[pay], policy=POLICY)
+
+
+async def test_call_needing_approval_pauses_before_anything_runs(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db")
+    agent = _agent(call("pay", iban="DE89370400440532013000", amount=500), "paid")
+    result = await agent.run("pay my supplier 500", store=store, principal=Principal("ann"))
+    assert result.status == "interrupted"
+    assert PAID == []
+    (ask,) = result.interrupt["approvals"]
+    assert ask["name"] == "pay" and ask["rule"] == "large"
+    assert ask["id"] == f"{result.run_id}:1:0"
+    pending = await list_approvals(store)
+    assert [a.id for a in pending] == [ask["id"]]
+    assert pending[0].reason == "payouts over 100 EUR need a second person"
+    rec = await store.get_run(result.run_id)
+    assert rec is not None and rec.status == "interrupted"
+    with pytest.raises(ResumeError, match="waiting for a human decision"):
+        await agent.resume(result.run_id, store=store)
+    audit = await entries(store, run_id=result.run_id)
+    assert [e["outcome"] for e in audit] == ["approval-requested"]
+
+
+async def test_approved_call_runs_once_after_resume_and_the_record_says_who(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db")
+    agent = _agent(call("pay", iban="DE89370400440532013000", amount=500), "paid")
+    first = await agent.run("pay 500", store=store)
+    approval_id = first.interrupt["approvals"][0]["id"]
+    decided = await approve(store, approval_id, by="carol", reason="invoice 77 checked")
+    assert decided.status == "approved" and decided.decided_by == "carol"
+    with pytest.raises(ApprovalError, match="already approved by carol"):
+        await deny(store, approval_id, by="dave", reason="too late")
+    # A fresh agent object (as in another process) resumes the run from the store.
+    result = await _agent("paid").resume(first.run_id, store=store)
+    assert result.status == "finished" and result.output == "paid"
+    assert PAID == [{"iban": "DE89370400440532013000", "amount": 500}]
+    events = await store.events(first.run_id)
+    applied = [e.data for e in events if e.type == "approval.applied"]
+    assert applied == [{"step": 1, "index": 0, "id": approval_id, "approved": True, "by": "carol",
+                        "reason": "invoice 77 checked", "arguments": None}]  # fmt: skip
+    audit = await entries(store, run_id=first.run_id)
+    assert [(e["outcome"], e["approver"]) for e in audit] == [
+        ("approval-requested", None), ("approved", "carol"), ("executed", "carol"),
+    ]  # fmt: skip
+    assert (await list_approvals(store)) == []
+    done = await list_approvals(store, status=None, run_id=first.run_id)
+    assert [a.status for a in done] == ["approved"]
+
+
+async def test_approver_can_edit_the_arguments(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db")
+    first = await _agent(call("pay", iban="DE89370400440532013000", amount=500)).run(
+        "pay", store=store
+    )
+    approval_id = first.interrupt["approvals"][0]["id"]
+    await approve(
+        store, approval_id, by="carol", arguments={"iban": "DE89370400440532013000", "amount": 250}
+    )
+    await _agent("ok").resume(first.run_id, store=store)
+    assert PAID == [{"iban": "DE89370400440532013000", "amount": 250}]
+
+
+async def test_denied_call_tells_the_model_why_and_never_runs(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db")
+    first = await _agent(call("pay", iban="X", amount=900)).run("pay", store=store)
+    approval_id = first.interrupt["approvals"][0]["id"]
+    await deny(store, approval_id, by="carol", reason="unknown supplier")
+    model = ScriptedModel(["I could not pay: the approver said no."])
+    agent = Agent(model, name="payer", tools=[pay], policy=POLICY)
+    result = await agent.resume(first.run_id, store=store)
+    assert result.status == "finished" and PAID == []
+    seen = model.requests[0].messages[-1].tool_results[0]
+    assert seen.is_error and seen.content == "denied by approver carol: unknown supplier"
+
+
+async def test_graph_node_calls_pause_for_approval_too(tmp_path: Path) -> None:
+    from pydantic import BaseModel
+
+    class S(BaseModel):
+        amount: float
+        receipt: str = ""
+
+    async def payout(state: S, ctx: RunContext) -> dict[str, Any]:
+        return {
+            "receipt": await ctx.call_tool(
+                "pay", iban="DE89370400440532013000", amount=state.amount
+            )
+        }
+
+    g = Graph(S, name="payouts", tools=[pay], policy=POLICY)
+    g.add_node("payout", payout)
+    g.add_edge(START, "payout")
+    g.add_edge("payout", END)
+    wf = g.compile()
+    store = SQLiteStore(tmp_path / "c.db")
+    small = await wf.run({"amount": 20}, store=store)
+    assert small.status == "finished" and len(PAID) == 1
+    big = await wf.run({"amount": 2000}, store=store)
+    assert big.status == "interrupted" and len(PAID) == 1
+    await approve(store, big.interrupt["approvals"][0]["id"], by="carol")
+    done = await wf.resume(big.run_id, store=store)
+    assert done.status == "finished" and done.output.receipt.startswith("paid 2000")
+    assert len(PAID) == 2
+
+
+WORKFLOW = textwrap.dedent(
+    """
+    import json, os
+    from cadenza import Agent, Policy, Rule, tool
+    from cadenza.testing import ScriptedModel, call
+
+    @tool(side_effects=True)
+    def pay(iban: str, amount: float) -> str:
+        '''Pay money out.
+
+        Args:
+            iban: Account.
+            amount: Euros.
+        '''
+        with open(os.environ["PAID_FILE"], "a") as f:
+            f.write(json.dumps({"iban": iban, "amount": amount}) + "\\n")
+        return "paid"
+
+    policy = Policy([Rule("large", "approve", tools=("pay",), when=("args.amount > 100",))],
+                    version="1")
+    model = ScriptedModel(lambda req: "done" if any(m.tool_results for m in req.messages)
+                          else call("pay", iban="DE89370400440532013000", amount=500))
+    agent = Agent(model, name="payer", tools=[pay], policy=policy)
+    """
+)
+
+
+def _cadenza(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from cadenza.cli import main; main()", *args], capture_output=True, text=True, env=env,
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_cli_approve_in_another_process_resumes_the_run(tmp_path: Path) -> None:
+    (tmp_path / "flow.py").write_text(WORKFLOW)
+    env = {**os.environ, "PAID_FILE": str(tmp_path / "paid.jsonl"),
+           "CADENZA_STORE": str(tmp_path / "c.db"), "CADENZA_USER": "carol"}  # fmt: skip
+    started = _cadenza("run", f"{tmp_path}/flow.py:agent", "pay 500", "--json", env=env)
+    assert started.returncode == 0, started.stderr
+    approval_id = json.loads(started.stdout)["interrupt"]["approvals"][0]["id"]
+    assert not (tmp_path / "paid.jsonl").exists()
+    listed = _cadenza("approvals", "list", "--json", env=env)
+    assert [a["id"] for a in json.loads(listed.stdout)] == [approval_id]
+    bad = _cadenza("approvals", "approve", "nope", env=env)
+    assert (
+        bad.returncode == 2 and "not an approval id" in bad.stderr and "Traceback" not in bad.stderr
+    )
+    approved = _cadenza("approvals", "approve", approval_id, "--reason", "checked", env=env)
+    assert approved.returncode == 0, approved.stderr
+    assert "approved pay" in approved.stderr and "by carol" in approved.stderr
+    assert approved.stdout.strip() == "done"
+    paid = (tmp_path / "paid.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in paid] == [{"iban": "DE89370400440532013000", "amount": 500}]
+    again = _cadenza("approvals", "deny", approval_id, "--reason", "x", env=env)
+    assert again.returncode == 2 and "already approved by carol" in again.stderr
