@@ -322,7 +322,7 @@ async def test_message_over_the_bots_input_limit_is_refused_before_anything_runs
 ) -> None:
     model = scripted("FAQ")
     bot = build(model.name)
-    with pytest.raises(InputRejected, match="100,001 characters.*100,000"):
+    with pytest.raises(InputRejected, match=r"100,001 characters.*100,000"):
         await bot.run("x" * 100_001, store=store, deps=deps, principal=USER)
     assert model.requests == []
     assert await store.list_runs() == []

@@ -1,4 +1,4 @@
-"""`cadenza audit`: verify the audit log against its signed checkpoints, sign its head."""
+"""`cadenza audit`: verify the audit log against its signed checkpoints, sign its head, explain a run."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .errors import CadenzaError
 from .stores import DEFAULT_PATH, StateStore, open_store
 
 audit_app = typer.Typer(
-    help="The tamper-evident audit log of tool-call decisions: verify it, sign its head.",
+    help="The tamper-evident audit log of tool-call decisions: verify, sign, explain runs.",
     no_args_is_help=True,
 )
 
@@ -101,3 +101,15 @@ def checkpoint_cmd(
         out.print(f"nothing new to sign: the log's head (entry {seq}) is already signed or empty")
         return
     out.print(f"signed entry {cp['seq']} (hash {cp['hash'][:16]}…) into {escape(str(path))}")
+
+
+@audit_app.command("explain")
+def explain_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run to explain.")],
+    store: StoreOpt = None,
+) -> None:
+    """Tell in plain language what a run did and why: tools, decisions, rules, approvers."""
+    from .audit.explain import explain
+
+    st = _existing_store(store)
+    out.print(run_async(lambda: explain(st, run_id)), markup=False, highlight=False)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import backend_unavailable, require_service
 from pydantic import BaseModel, ConfigDict
 
 from cadenza.messages import Message, ToolCall, ToolResult
@@ -26,6 +25,7 @@ from cadenza.stores import (
     StateStore,
     ToolRecord,
 )
+from conftest import backend_unavailable, require_service
 
 
 class State(BaseModel):
@@ -768,3 +768,16 @@ async def test_audit_list_is_reset_with_the_batch(store: StateStore) -> None:
     rows = await store.audit_entries()
     assert len(rows) == 1
     assert '"outcome":"executed"' in rows[0].body
+
+
+# --- quota counters ----------------------------------------------------------------------
+
+
+async def test_charge_adds_reads_and_refuses_past_a_limit(store: StateStore) -> None:
+    assert await store.charge("user:ann:tokens:day:1", 0) == (True, 0.0)
+    assert await store.charge("user:ann:tokens:day:1", 40) == (True, 40.0)
+    assert await store.charge("user:ann:tokens:day:1", 50, 100) == (True, 90.0)
+    assert await store.charge("user:ann:tokens:day:1", 11, 100) == (False, 90.0)
+    assert await store.charge("user:ann:tokens:day:1", 10, 100) == (True, 100.0)
+    assert await store.charge("user:ann:tokens:day:1", -25) == (True, 75.0)
+    assert await store.charge("user:bob:tokens:day:1", 0) == (True, 0.0)  # counters are separate

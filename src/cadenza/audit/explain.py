@@ -127,6 +127,11 @@ async def _sentences(
             f", changing the arguments to {_args(d['arguments'])}" if d.get("arguments") else ""
         )
         return [f"  {d.get('by')} {verdict} approval {d['id']} {_when(e.ts)}{why}{edited}."]
+    if t == "approval.applied":
+        if d["approved"]:
+            edited = " with the arguments the approver set" if d.get("arguments") else ""
+            return [f"  {d.get('by')} had approved it, so it went ahead{edited}."]
+        return [f"  {d.get('by')} had denied it, so it did not run."]
     if t == "guard.flagged":  # told after the call's result
         calls[(step, d["index"])]["flagged"] = (
             f"  Its output contained text that looks like instructions "
