@@ -103,7 +103,7 @@ def print_result(result: Any, as_json: bool, wf: Any = None) -> None:
         return
     output = result.output
     key = getattr(getattr(wf, "graph", None), "output_key", None)
-    if key is not None and output is not None:
+    if key is not None and hasattr(output, key):
         out.print(str(getattr(output, key)), markup=False)
         summary = {
             k: v for k, v in jsonable(output).items() if k != key and v not in (None, "", [], {})

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
+from pydantic import BaseModel
+
 from ._gate import DEFAULT_GUARDS, SafetyState
 from ._run import NO_ANSWER, Listener, Recording, RunHandle
 from .budgets import Budget, BudgetTracker
@@ -324,13 +326,8 @@ async def _segment(
         if isinstance(exc, RunError) and (exc.run_id is None or top):
             exc.run_id = rec.id  # the run the caller started (child runs are in its journal)
         raise
-    guards: Guards = run.safety.guards
-    if top and guards.redact_output:
-        output_json = redact_value(output_json)
-        if isinstance(output, str):
-            output = redact(output)
-        elif isinstance(output, dict | list):
-            output = redact_value(output)
+    if top:
+        output, output_json = _guard_output(run, output, output_json)
     rec.status = "finished"
     rec.output = output_json
     usage = run.budget.usage
@@ -352,6 +349,31 @@ async def _meter(budget: BudgetTracker, principal: Principal, store: StateStore)
     """Attach the user's and tenant's quotas; refuse to start when their run time is used up."""
     budget.meter = QuotaMeter(budget.budget.quotas, principal, store)
     await budget.meter.headroom("seconds")
+
+
+def _guard_output(run: RunHandle, output: Any, output_json: Any) -> tuple[Any, Any]:
+    """The final output after the output guards: moderation, then PII redaction."""
+    guards: Guards = run.safety.guards
+    if guards.moderation is not None:
+        text = output_json if isinstance(output_json, str) else json.dumps(output_json, default=str)
+        reason = guards.moderation("output", text)
+        if reason is not None:
+            run.emit("guard.blocked", {"step": run.step, "name": "output", "reason": reason})
+            withheld = f"[the answer was withheld by moderation: {reason}]"
+            return withheld, withheld
+    if guards.redact_output:
+        keep = guards.public
+        output_json = redact_value(output_json, keep)
+        if isinstance(output, str):
+            output = redact(output, keep)
+        elif isinstance(output, dict | list):
+            output = redact_value(output, keep)
+        elif isinstance(output, BaseModel) and output_json is not None:
+            try:  # a typed state or answer: the same type, with its strings redacted
+                output = type(output).model_validate(output_json)
+            except ValueError:
+                pass  # a field that cannot hold the placeholder keeps its value in memory
+    return output, output_json
 
 
 def _input_text(input: Any) -> str:

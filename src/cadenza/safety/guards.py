@@ -170,8 +170,12 @@ def find_pii(text: str) -> list[PiiMatch]:
     return [PiiMatch(kind, start, end, text[start:end]) for kind, start, end in kept]
 
 
-def redact(text: str) -> str:
+def redact(text: str, keep: tuple[str, ...] = ()) -> str:
     """Replace every `find_pii` match with `[EMAIL]`, `[PHONE]`, `[CARD]` or `[IBAN]`.
+
+    Args:
+        text: The text.
+        keep: Matches left as they are: public contact details such as your support address.
 
     Returns:
         The redacted text (the very same string when it holds no personal data).
@@ -180,12 +184,14 @@ def redact(text: str) -> str:
     parts: list[str] = []
     pos = 0
     for m in find_pii(text):
+        if m.text in keep:
+            continue
         parts += (text[pos : m.start], _PLACEHOLDER[m.kind])
         pos = m.end
     return "".join(parts) + text[pos:] if parts else text
 
 
-def redact_value(value: Any) -> Any:
+def redact_value(value: Any, keep: tuple[str, ...] = ()) -> Any:
     """Return a redacted copy of a JSON-like value (str, dict, list, tuple, number, bool, None).
 
     Strings are redacted with `redact`, dict values and list/tuple items recursively (dict keys
@@ -193,11 +199,11 @@ def redact_value(value: Any) -> Any:
     other numbers, booleans, None and unknown objects are returned as they are.
     """
     if isinstance(value, str):
-        return redact(value)
+        return redact(value, keep)
     if isinstance(value, dict):
-        return {k: redact_value(v) for k, v in value.items()}  # pyright: ignore[reportUnknownVariableType]
+        return {k: redact_value(v, keep) for k, v in value.items()}  # pyright: ignore[reportUnknownVariableType]
     if isinstance(value, list | tuple):
-        items = [redact_value(v) for v in value]  # pyright: ignore[reportUnknownVariableType]
+        items = [redact_value(v, keep) for v in value]  # pyright: ignore[reportUnknownVariableType]
         return tuple(items) if isinstance(value, tuple) else items
     if type(value) is int and value > 0 and _is_card(str(value)):
         return "[CARD]"
@@ -366,6 +372,8 @@ class Guards:
     """Largest tool output shown to a model; a longer one is truncated with a note."""
     redact_output: bool = True
     """Redact PII (emails, phones, cards, IBANs) in a run's final output."""
+    public: tuple[str, ...] = ()
+    """Contact details that are public and never redacted from outputs (your support address)."""
     flag_injections: bool = True
     """Look for prompt-injection markers in tool outputs and warn the model about them."""
     moderation: Moderation | None = None

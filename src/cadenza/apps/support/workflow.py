@@ -154,7 +154,9 @@ def create_ticket(
     return {"ticket_id": ticket.id, "status": ticket.status}
 
 
-GUARDS = Guards(max_input_chars=100_000, max_argument_chars=16_000)
+GUARDS = Guards(
+    max_input_chars=100_000, max_argument_chars=16_000, public=("no-reply@nimbusdrive.com",)
+)
 """The bot reads long messages (it cuts them for the models and keeps 10,000 characters in a
 ticket), so it accepts up to 100,000 characters where the default guard stops at 20,000."""
 
