@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from ._gate import DEFAULT_GUARDS, SafetyState
 from ._run import NO_ANSWER, Listener, Recording, RunHandle
@@ -29,10 +30,10 @@ from .errors import (
 )
 from .messages import Message, Usage
 from .quotas import QuotaMeter
-from .safety.guards import Guards, check_input, redact, redact_value
+from .safety.guards import Guards, check_input, find_pii, redact, redact_value
 from .safety.policy import Policy
 from .safety.taint import TaintTracker
-from .stores import StateStore, default_store
+from .stores import MemoryStore, StateStore, default_store
 from .stores._base import Checkpoint, RunRecord
 
 __all__ = ["RunResult", "Workflow"]
@@ -146,9 +147,7 @@ async def start(
         created_at=now, updated_at=now,
     )  # fmt: skip
     if parent is None:  # before anything is written or spent
-        check_input(
-            _input_text(record.input), opts.guards or getattr(wf, "guards", None) or DEFAULT_GUARDS
-        )
+        _check_input(record.input, opts.guards or getattr(wf, "guards", None) or DEFAULT_GUARDS)
     budget = parent.budget if parent else BudgetTracker(opts.budget or _DEFAULT_BUDGET)
     if parent is None and budget.budget.quotas:
         await _meter(budget, principal, store)
@@ -361,7 +360,7 @@ def _guard_output(run: RunHandle, output: Any, output_json: Any) -> tuple[Any, A
             run.emit("guard.blocked", {"step": run.step, "name": "output", "reason": reason})
             withheld = f"[the answer was withheld by moderation: {reason}]"
             return withheld, withheld
-    if guards.redact_output:
+    if guards.redact_output and _holds_pii(output_json):
         keep = guards.public
         output_json = redact_value(output_json, keep)
         if isinstance(output, str):
@@ -374,6 +373,29 @@ def _guard_output(run: RunHandle, output: Any, output_json: Any) -> tuple[Any, A
             except ValueError:
                 pass  # a field that cannot hold the placeholder keeps its value in memory
     return output, output_json
+
+
+def _holds_pii(value: Any) -> bool:
+    """Whether any string in a JSON value holds personal data (most outputs hold none)."""
+    if isinstance(value, str):
+        return bool(find_pii(value))
+    if isinstance(value, dict):
+        return any(_holds_pii(v) for v in cast(dict[str, Any], value).values())
+    if isinstance(value, list):
+        return any(_holds_pii(v) for v in cast(list[Any], value))
+    return isinstance(value, int) and value > 999_999_999_999  # maybe a card number
+
+
+def _check_input(input: Any, guards: Guards) -> None:
+    """The input guards; without moderation, a short input is let through on its JSON size."""
+    if guards.moderation is None:
+        limit = guards.max_input_chars
+        if limit is None:
+            return
+        size = len(input) if isinstance(input, str) else len(to_json(input, fallback=str))
+        if size <= limit:
+            return
+    check_input(_input_text(input), guards)
 
 
 def _input_text(input: Any) -> str:
@@ -443,6 +465,8 @@ async def _check_approvals(store: StateStore, run_id: str, events: list[Any]) ->
 
 async def _sign_audit(run: RunHandle) -> None:
     """Sign the audit chain's head when due (every N entries or T seconds)."""
+    if isinstance(run.store, MemoryStore):
+        return  # nothing outlives the process: no checkpoints to keep
     from .audit import checkpointer_for
 
     cp = checkpointer_for(run.store)

@@ -433,10 +433,12 @@ def screen_output(source: str, content: Any, guards: Guards) -> tuple[Any, list[
     scan = text if isinstance(content, str) else "\n".join(_strings(content))
     limit = guards.max_output_chars
     if limit is not None and len(text) > limit:
-        content = text = (
-            f"{text[:limit]}\n[truncated: the output of {source} was {len(text):,} characters; "
+        note = (
+            f"\n[truncated: the output of {source} was {len(text):,} characters; "
             f"only the first {limit:,} are shown]"
         )
+        # The note fits within the limit, so screening the result again changes nothing.
+        content = text = text[: max(limit - len(note), 0)] + note
         scan = scan[:limit]  # about what the model will see
     markers = injection_markers(scan) if guards.flag_injections else []
     blocked = guards.moderation("tool_output", text) if guards.moderation is not None else None

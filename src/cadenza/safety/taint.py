@@ -45,16 +45,19 @@ def _text(value: Any) -> str:
 
 
 class TaintTracker:
-    """What a run has read from untrusted sources, shared by the run and its child runs."""
+    """What a run has read from untrusted sources, shared by the run and its child runs.
 
-    __slots__ = ("_trusted", "_trusted_compact", "_untrusted", "_untrusted_compact", "injection",
-                 "sources")  # fmt: skip
+    Recording is cheap (values are kept as they are); the searchable text is built on the
+    first `tainted` question, so runs without a policy never pay for it.
+    """
+
+    __slots__ = ("_pending", "_trusted", "_trusted_compact", "_untrusted", "_untrusted_compact",
+                 "injection", "sources")  # fmt: skip
 
     def __init__(self, trusted: Iterable[Any] = ()) -> None:
-        self._trusted = "\n".join(_text(t) for t in trusted).casefold()
-        self._trusted_compact = _compact(self._trusted)
-        self._untrusted = ""
-        self._untrusted_compact = ""
+        self._pending: list[tuple[bool, Any]] = [(True, t) for t in trusted]
+        self._trusted = self._trusted_compact = ""
+        self._untrusted = self._untrusted_compact = ""
         self.injection = False
         """Prompt-injection markers were seen in untrusted content."""
         self.sources: list[str] = []
@@ -67,22 +70,31 @@ class TaintTracker:
 
     def add_trusted(self, value: Any) -> None:
         """Record content the user (or the developer) supplied."""
-        text = _text(value).casefold()
-        self._trusted += "\n" + text
-        self._trusted_compact += "\n" + _compact(text)
+        self._pending.append((True, value))
 
     def add_untrusted(self, source: str, value: Any, *, injection: bool = False) -> None:
         """Record content a tool returned (`injection`: guards flagged it)."""
-        text = _text(value).casefold()
-        self._untrusted += "\n" + text
-        self._untrusted_compact += "\n" + _compact(text)
+        self._pending.append((False, value))
         self.sources.append(source)
         self.injection = self.injection or injection
 
+    def _index(self) -> None:
+        for trusted, value in self._pending:
+            text = "\n" + _text(value).casefold()
+            if trusted:
+                self._trusted += text
+                self._trusted_compact += _compact(text)
+            else:
+                self._untrusted += text
+                self._untrusted_compact += _compact(text)
+        self._pending.clear()
+
     def tainted(self, arguments: Mapping[str, Any]) -> frozenset[str]:
         """Names of the arguments whose value (or part of it) came from untrusted content."""
-        if not self._untrusted:
+        if not self.sources:
             return frozenset()
+        if self._pending:
+            self._index()
         return frozenset(k for k, v in arguments.items() if self._is_tainted(v))
 
     def _is_tainted(self, value: Any) -> bool:
