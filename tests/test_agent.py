@@ -302,7 +302,7 @@ async def test_tool_timeout_becomes_an_error_result(store: MemoryStore):
 
 async def test_max_steps_budget(store: MemoryStore):
     add, calls = make_add()
-    model = ScriptedModel([call("add", a=1, b=1)], repeat=True)
+    model = ScriptedModel([call("add", a=1, b=1), call("add", a=2, b=1)], repeat=True)
     with pytest.raises(BudgetExceeded) as info:
         await Agent(model, tools=[add]).run("loop", store=store, budget=Budget(max_steps=2))
 
@@ -310,7 +310,7 @@ async def test_max_steps_budget(store: MemoryStore):
     assert info.value.limit == 2
     assert info.value.used == 2
     assert len(model.requests) == 2, "the model must not receive a request past the budget"
-    assert calls == [(1, 1), (1, 1)]
+    assert calls == [(1, 1), (2, 1)]
 
 
 async def test_max_tool_calls_budget_sequential(store: MemoryStore):
@@ -436,7 +436,7 @@ async def test_timeout_budget_between_steps(store: MemoryStore):
         await asyncio.sleep(s)
         return "rested"
 
-    model = ScriptedModel([call("nap", s=0.15)], repeat=True)
+    model = ScriptedModel([call("nap", s=0.15), call("nap", s=0.151)], repeat=True)
     t0 = time.perf_counter()
     with pytest.raises(BudgetExceeded) as info:
         await Agent(model, tools=[nap]).run("go", store=store, budget=Budget(timeout=0.25))
@@ -955,3 +955,44 @@ def test_model_response_message_roundtrip():
     resp = ModelResponse("thinking", [c])
     msg = resp.message()
     assert msg.role == "assistant" and msg.text == "thinking" and msg.tool_calls == [c]
+
+
+async def test_a_model_repeating_its_previous_call_is_refused_and_nudged() -> None:
+    seen: list[int] = []
+
+    @tool
+    def lookup(n: int) -> int:
+        """Look up.
+
+        Args:
+            n: A number.
+        """
+        seen.append(n)
+        return n * 10
+
+    model = ScriptedModel([call("lookup", n=1), call("lookup", n=1), call("lookup", n=2), "20"])
+    result = await Agent(model, tools=[lookup]).run("go", store=MemoryStore())
+    assert result.output == "20"
+    assert seen == [1, 2]  # the repeat never ran
+    nudge = model.requests[2].messages[-1].tool_results[0]
+    assert nudge.is_error and nudge.content.startswith("you already called lookup with exactly")
+
+
+async def test_repeats_may_be_allowed_for_polling_agents() -> None:
+    polls: list[int] = []
+
+    @tool
+    def status(job: int) -> str:
+        """Poll a job.
+
+        Args:
+            job: The job.
+        """
+        polls.append(job)
+        return "done" if len(polls) == 3 else "running"
+
+    model = ScriptedModel([call("status", job=7)] * 3 + ["finished"])
+    result = await Agent(model, tools=[status], refuse_repeats=False).run(
+        "wait", store=MemoryStore()
+    )
+    assert result.output == "finished" and polls == [7, 7, 7]

@@ -128,6 +128,12 @@ def _req(tools: list[ToolSpec] = TOOLS, schema: dict[str, object] | None = None)
         ('```json\n{"name": "lookup", "arguments": {"id": "9"}}\n```', [("lookup", {"id": "9"})]),
         ('{"name": "lookup", "arguments": "{\\"id\\": \\"3\\"}"}', [("lookup", {"id": "3"})]),
         ('{"name": "lookup", "arguments": {"id": ', [("(malformed tool call)", None)]),
+        # A stutter (the same call again and again), cut off by the token limit: one call.
+        (
+            '{"name": "lookup", "arguments": {"id": "1"}}\n{"name": "lookup", "arguments": {"id": "1"}}'
+            '\n{"name": "lookup", "argu',
+            [("lookup", {"id": "1"})],
+        ),
         ("The answer is 42.", []),
     ],
 )

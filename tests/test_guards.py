@@ -473,6 +473,13 @@ def test_screen_output_truncates_long_strings_with_a_note() -> None:
     assert (markers, blocked) == ([], None)
 
 
+def test_screening_a_truncated_output_again_changes_nothing() -> None:
+    guards = Guards(max_output_chars=10)
+    once, _, _ = screen_output("fetch", "a" * 100, guards)
+    twice, _, _ = screen_output("fetch", once, guards)
+    assert twice == once
+
+
 def test_screen_output_truncates_long_json() -> None:
     out, _, _ = screen_output("list", list(range(100)), Guards(max_output_chars=20))
     assert isinstance(out, str)

@@ -78,6 +78,11 @@ class _Prepared:
         self.outcome = "refused"
 
 
+def call_key(call: ToolCall) -> str:
+    """A call's name and arguments as one comparable string."""
+    return f"{call.name}:{canonical_json(call.arguments)}"
+
+
 def _refuse(p: _Prepared, message: str, outcome: str = "refused") -> None:
     p.result = ToolResult(p.call.id, p.call.name, message, True)
     p.outcome = outcome
@@ -91,6 +96,7 @@ async def run_tool_calls(
     first_index: int = 0,
     agent: str | None = None,
     model: str | None = None,
+    repeated: frozenset[str] = frozenset(),
 ) -> list[ToolResult]:
     """Pass every call through the Gate; return one result per call, in call order.
 
@@ -101,6 +107,8 @@ async def run_tool_calls(
         first_index: Index of the first call within the step (idempotency keys use it).
         agent: The agent making the calls (None for a graph node).
         model: The model that asked for them, for the audit log.
+        repeated: `call_key`s of the calls the model made in its previous turn: asking for
+            one of them again is a loop, refused with a nudge to use the result it has.
 
     Raises:
         ApprovalRequired: a call needs a human decision not yet given (nothing was executed).
@@ -122,6 +130,13 @@ async def run_tool_calls(
         if t is None:
             valid = ", ".join(sorted(tools)) or "(none)"
             _refuse(p, f"unknown tool {call.name!r}; the tools you can call are: {valid}")
+            continue
+        if repeated and call_key(call) in repeated:
+            _refuse(
+                p,
+                f"you already called {call.name} with exactly these arguments in your previous "
+                "turn, and its result is above: use it to answer, or call something different",
+            )
             continue
         too_big = check_arguments(call.arguments, guards)
         if too_big is not None:

@@ -10,7 +10,10 @@ from typing import Any, cast
 
 from .errors import WorkflowLoadError
 
-BUILTIN_WORKFLOWS = {"support": "cadenza.apps.support:bot"}
+BUILTIN_WORKFLOWS = {
+    "support": "cadenza.apps.support:bot",
+    "desk": "cadenza.apps.support.desk:assistant",
+}
 """Workflows shipped with Cadenza, runnable by name: `cadenza run support "..."`."""
 
 

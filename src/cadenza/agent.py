@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar, cast
 from pydantic import TypeAdapter, ValidationError
 
 from . import runtime
-from ._gate import run_tool_calls
+from ._gate import call_key, run_tool_calls
 from ._run import Listener, RunHandle
 from .budgets import Budget
 from .context import Principal
@@ -50,6 +50,9 @@ class Agent(Generic[OutputT]):
             of a YAML/TOML policy file, checked against `tools` now. None: the tools given
             are the allow-list and every call to them is allowed.
         guards: Input, argument and output guards (default: `Guards()`).
+        refuse_repeats: Refuse a tool call identical to one the model made in its previous
+            turn (a small model looping), telling it to use the result it has. Set False for
+            agents that poll.
 
     """
 
@@ -68,8 +71,10 @@ class Agent(Generic[OutputT]):
         examples: Iterable[tuple[str, Any]] = (),
         policy: Policy | str | Path | None = None,
         guards: Guards | None = None,
+        refuse_repeats: bool = True,
     ) -> None:
         self.model = model
+        self.refuse_repeats = refuse_repeats
         self._name = name
         self.instructions = instructions
         self.tools = resolve_tools(tools, registry)
@@ -205,6 +210,7 @@ class Agent(Generic[OutputT]):
                 results = await run_tool_calls(
                     run, self.tools, last.tool_calls, agent=self.name,
                     model=_model_name(run, model),
+                    repeated=_previous_calls(messages) if self.refuse_repeats else frozenset(),
                 )  # fmt: skip
                 messages.append(Message.tool(results))
                 bad = sum(1 for r in results if r.is_error and _is_refusal(r.content))
@@ -339,6 +345,14 @@ class Agent(Generic[OutputT]):
         return f"<Agent {self.name} tools={list(self.tools)}>"
 
 
+def _previous_calls(messages: list[Message]) -> frozenset[str]:
+    """The calls the model made in its previous turn (a model repeating them is looping)."""
+    turns = [m for m in messages if m.role == "assistant"]
+    if len(turns) < 2 or not turns[-2].tool_calls:
+        return frozenset()
+    return frozenset(call_key(c) for c in turns[-2].tool_calls)
+
+
 def _model_name(run: RunHandle, model: Model) -> str:
     """The model that asked for the calls: the last response's, else the configured one."""
     for e in reversed(run.batch.events):
@@ -363,7 +377,9 @@ def _recorded_response(run: RunHandle, step: int) -> ModelResponse:
     )
 
 
-_REFUSAL_PREFIXES = ("unknown tool ", "invalid arguments for ", "denied by policy rule ")
+_REFUSAL_PREFIXES = (
+    "unknown tool ", "invalid arguments for ", "denied by policy rule ", "you already called ",
+)  # fmt: skip
 
 
 def _is_refusal(content: Any) -> bool:

@@ -341,11 +341,18 @@ def parse_output(text: str, request: ModelRequest) -> tuple[list[ToolCall], str]
 
 
 def _split_objects(block: str) -> list[str]:
-    """Top-level JSON objects in `block` (one per line, or one spanning several lines)."""
+    """Top-level JSON objects in `block` (one per line, or one spanning several lines).
+
+    Small models stutter: the same call repeated on several lines counts once, and a last line
+    cut off by the token limit after complete calls is dropped.
+    """
     lines = [ln.strip() for ln in block.strip().splitlines() if ln.strip()]
-    if all(ln.startswith("{") and ln.endswith("}") for ln in lines):
-        return lines
-    return [block.strip()]
+    whole = [ln.startswith("{") and ln.endswith("}") for ln in lines]
+    if len(lines) > 1 and all(whole[:-1]) and not whole[-1] and lines[-1].startswith("{"):
+        lines = lines[:-1]
+    elif not all(whole):
+        return [block.strip()]
+    return list(dict.fromkeys(lines))
 
 
 def _call_from(raw: str) -> ToolCall:

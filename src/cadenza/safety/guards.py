@@ -414,6 +414,14 @@ def check_arguments(arguments: dict[str, Any], guards: Guards) -> str | None:
     )
 
 
+def _already_cut(text: str, source: str, limit: int) -> bool:
+    """Whether `text` is an output `screen_output` truncated before (replays screen twice)."""
+    tail = text[limit:]
+    return tail.startswith(f"\n[truncated: the output of {source} was ") and tail.endswith(
+        f"; only the first {limit:,} are shown]"
+    )
+
+
 def screen_output(source: str, content: Any, guards: Guards) -> tuple[Any, list[str], str | None]:
     """Prepare a tool output for a model: truncate it, look for injections, moderate it.
 
@@ -432,13 +440,11 @@ def screen_output(source: str, content: Any, guards: Guards) -> tuple[Any, list[
     # JSON escapes newlines, which hides line-start markers: scan the strings themselves.
     scan = text if isinstance(content, str) else "\n".join(_strings(content))
     limit = guards.max_output_chars
-    if limit is not None and len(text) > limit:
-        note = (
-            f"\n[truncated: the output of {source} was {len(text):,} characters; "
+    if limit is not None and len(text) > limit and not _already_cut(text, source, limit):
+        content = text = (
+            f"{text[:limit]}\n[truncated: the output of {source} was {len(text):,} characters; "
             f"only the first {limit:,} are shown]"
         )
-        # The note fits within the limit, so screening the result again changes nothing.
-        content = text = text[: max(limit - len(note), 0)] + note
         scan = scan[:limit]  # about what the model will see
     markers = injection_markers(scan) if guards.flag_injections else []
     blocked = guards.moderation("tool_output", text) if guards.moderation is not None else None

@@ -17,7 +17,7 @@ from ...safety import Policy
 from .backoffice import TOOLS
 from .workflow import DEFAULT_MODEL
 
-__all__ = ["POLICY_FILE", "build_desk", "desk_policy"]
+__all__ = ["POLICY_FILE", "assistant", "build_desk", "desk_policy"]
 
 POLICY_FILE = Path(__file__).parent / "desk-policy.yaml"
 """The desk's default policy."""
@@ -48,3 +48,7 @@ def build_desk(
         policy=policy if policy is not None else desk_policy(),
         settings=ModelSettings(temperature=0.0, max_tokens=256), max_retries=2,
     )  # fmt: skip
+
+
+assistant = build_desk()
+"""The desk assistant on the default local model (`cadenza run desk "..." --user cus_alice`)."""
