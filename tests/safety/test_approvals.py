@@ -16,7 +16,7 @@ from cadenza import END, START, Agent, Graph, Policy, Principal, Rule, tool
 from cadenza.approvals import approve, deny, list_approvals
 from cadenza.audit import entries
 from cadenza.context import RunContext
-from cadenza.errors import ApprovalError, ResumeError
+from cadenza.errors import ApprovalError, ReplayDivergence, ResumeError
 from cadenza.stores import SQLiteStore
 from cadenza.testing import ScriptedModel, call
 
@@ -217,3 +217,20 @@ def test_cli_approve_in_another_process_resumes_the_run(tmp_path: Path) -> None:
     assert [json.loads(x) for x in paid] == [{"iban": "DE89370400440532013000", "amount": 500}]
     again = _cadenza("approvals", "deny", approval_id, "--reason", "x", env=env)
     assert again.returncode == 2 and "already approved by carol" in again.stderr
+
+
+async def test_runs_with_approvals_and_denials_replay_exactly(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db")
+    script = [call("pay", iban="DE89370400440532013000", amount=500), "paid"]
+    first = await _agent(*script).run("pay 500", store=store)
+    await approve(store, first.interrupt["approvals"][0]["id"], by="carol")
+    await _agent("paid").resume(first.run_id, store=store)
+    PAID.clear()
+    replayed = await _agent().replay(first.run_id, store=store)
+    assert replayed.status == "finished" and replayed.output == "paid"
+    assert PAID == []  # nothing ran again
+    # A different policy decides differently: the replay says where.
+    strict = Agent(ScriptedModel([]), name="payer", tools=[pay],
+                   policy=Policy([Rule("never", "deny", tools=("pay",))], version="9"))  # fmt: skip
+    with pytest.raises(ReplayDivergence, match="policy.decided"):
+        await strict.replay(first.run_id, store=store)

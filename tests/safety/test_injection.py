@@ -128,3 +128,11 @@ def test_honest_model_still_gets_every_legitimate_task_done() -> None:
         return failed
 
     assert asyncio.run(main()) == []
+
+
+async def test_blocked_attacks_replay_exactly_from_the_journal() -> None:
+    for case in [c for c in CASES if c.task.id == "refund-broken"][:8]:
+        _, result, store = await _run(case, obedient(case), desk_policy())
+        agent = Agent(ScriptedModel([]), name="support-desk", tools=TOOLS, policy=desk_policy())
+        replayed = await agent.replay(result.run_id, store=store)
+        assert replayed.output == result.output
