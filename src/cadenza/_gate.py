@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -290,6 +289,12 @@ def _screen(run: RunHandle, p: _Prepared, step: int) -> None:
         p.result = ToolResult(r.call_id, r.name, content)
 
 
+def _utc_now() -> str:
+    """The time as ISO 8601 UTC with microseconds, e.g. 2026-11-25T18:44:04.123456Z."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
 def _audit(run: RunHandle, p: _Prepared, step: int, agent: str | None, model: str | None) -> None:
     if run.replaying:
         return
@@ -300,7 +305,7 @@ def _audit(run: RunHandle, p: _Prepared, step: int, agent: str | None, model: st
     if outcome == "executed" and p.result is not None and p.result.is_error:
         outcome = "failed"
     entry: dict[str, Any] = {
-        "ts": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "ts": _utc_now(),
         "run": run.run_id, "workflow": run.record.workflow, "step": step, "index": p.index,
         "actor": principal.user_id, "tenant": principal.tenant, "agent": agent, "model": model,
         "tool": p.call.name, "version": str(p.tool.version) if p.tool is not None else None,

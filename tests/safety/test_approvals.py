@@ -232,5 +232,5 @@ async def test_runs_with_approvals_and_denials_replay_exactly(tmp_path: Path) ->
     # A different policy decides differently: the replay says where.
     strict = Agent(ScriptedModel([]), name="payer", tools=[pay],
                    policy=Policy([Rule("never", "deny", tools=("pay",))], version="9"))  # fmt: skip
-    with pytest.raises(ReplayDivergence, match="policy.decided"):
+    with pytest.raises(ReplayDivergence, match=r"policy\.decided"):
         await strict.replay(first.run_id, store=store)
