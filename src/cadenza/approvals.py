@@ -10,10 +10,12 @@ separate approvals table to fall out of step with the runs.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .audit._chain import canonical_json
 from .errors import ApprovalError
 from .safety.guards import redact_value
 from .stores._base import Batch, Event, StateStore
@@ -177,6 +179,7 @@ async def _decide(
     batch = Batch()
     batch.events.append(Event(a.run_id, seq, "approval.decided", now, data))
     principal = run.principal
+    used = arguments if arguments is not None else a.arguments
     batch.audit = [
         {
             "ts": dt.datetime.fromtimestamp(now, dt.UTC)
@@ -190,7 +193,8 @@ async def _decide(
             "agent": a.agent,
             "tool": a.tool,
             "version": a.version,
-            "args": redact_value(arguments if arguments is not None else a.arguments),
+            "args_hash": hashlib.sha256(canonical_json(used).encode()).hexdigest(),
+            "args": redact_value(used),
             "decision": {"effect": "approve", "rule": a.rule},
             "approver": by,
             "outcome": "approved" if approved else "denied-by-approver",

@@ -19,6 +19,7 @@ import json
 import os
 import pickle
 import re
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -115,6 +116,13 @@ def _close_all() -> None:
     for llm in _loaded.values():
         llm.close()
     _loaded.clear()
+    # llama-cpp-python opens /dev/null twice at import and never closes it: close it here, or
+    # every process that used a local model ends with two ResourceWarnings.
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        f = getattr(utils, name, None)
+        if f is not None and not f.closed:
+            f.close()
 
 
 class LocalModel:
