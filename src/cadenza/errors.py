@@ -18,7 +18,8 @@ CadenzaError
 │   ├── ToolTimeout                   a tool ran past its timeout
 │   ├── ToolError                     a tool raised (wraps the original in __cause__)
 │   ├── ModelError                    the model failed or gave an unusable answer
-│   │   └── ScriptExhausted               a ScriptedModel was asked more than its script holds
+│   │   ├── ScriptExhausted               a ScriptedModel was asked more than its script holds
+│   │   └── ProviderError                 a hosted model's API failed (status, retryable, Retry-After)
 │   ├── OutputValidationError         the final answer never matched output_type
 │   ├── LoopLimitExceeded             a graph node or graph ran more times than allowed
 │   └── ReplayDivergence              a replay differs from the recording (step, expected, got)
@@ -47,6 +48,7 @@ __all__ = [
     "ModelError",
     "OutputValidationError",
     "PolicyError",
+    "ProviderError",
     "ReplayDivergence",
     "ResumeError",
     "RunError",
@@ -155,6 +157,31 @@ class ModelError(RunError):
 
 class ScriptExhausted(ModelError):
     """A `ScriptedModel` received more requests than its script has responses."""
+
+
+class ProviderError(ModelError):
+    """A model provider's API failed: the HTTP status (None for connection errors and timeouts),
+    whether retrying may help, and how long the server asked to wait."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        self.provider = provider
+        """The provider prefix, e.g. openai or anthropic."""
+        self.status = status
+        """The HTTP status code, or None when no response arrived (timeout, reset)."""
+        self.retryable = retryable
+        """Whether the same request may succeed later (408, 409, 429 except spend limits, 5xx,
+        connection errors and timeouts)."""
+        self.retry_after = retry_after
+        """Seconds the server asked to wait (Retry-After), if it said."""
+        super().__init__(message)
 
 
 class OutputValidationError(RunError):

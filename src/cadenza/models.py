@@ -185,6 +185,11 @@ def resolve_model(model: str | Model) -> Model:
 _BUILTIN = {
     "scripted": "cadenza.testing:scripted_provider",
     "local": "cadenza.providers.local:local_provider",
+    "openai": "cadenza.providers.openai:openai_provider",
+    "ollama": "cadenza.providers.openai:ollama_provider",
+    "vllm": "cadenza.providers.openai:vllm_provider",
+    "compat": "cadenza.providers.openai:compat_provider",
+    "anthropic": "cadenza.providers.anthropic:anthropic_provider",
 }
 
 
