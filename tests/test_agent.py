@@ -996,3 +996,41 @@ async def test_repeats_may_be_allowed_for_polling_agents() -> None:
         "wait", store=MemoryStore()
     )
     assert result.output == "finished" and polls == [7, 7, 7]
+
+
+async def test_streamed_runs_tell_listeners_each_piece_and_journal_only_the_answer() -> None:
+    from cadenza.stores._base import Event
+
+    seen: list[Event] = []
+    model = ScriptedModel([call("add", a=2, b=3), "The sum is 5."])
+    add, _ = make_add()
+    store = MemoryStore()
+    result = await Agent(model, tools=[add]).run(
+        "2+3?", store=store, stream=True, listeners=[seen.append]
+    )
+    assert result.output == "The sum is 5."
+    deltas = "".join(e.data["text"] for e in seen if e.type == "model.delta")
+    assert deltas == "The sum is 5."
+    assert [e.data["name"] for e in seen if e.type == "model.tool_call"] == ["add"]
+    assert all(e.seq == 0 for e in seen if e.type.startswith("model.") and e.type != "model.requested"
+               and e.type != "model.responded")  # fmt: skip
+    journal = {e.type for e in await store.events(result.run_id)}
+    assert "model.delta" not in journal and "model.responded" in journal
+
+
+async def test_a_cut_stream_never_becomes_an_answer() -> None:
+    from collections.abc import AsyncIterator
+
+    from cadenza.models import ModelRequest, ModelResponse, StreamEvent, TextDelta
+
+    class Cut:
+        name = "cut"
+
+        async def request(self, request: ModelRequest) -> ModelResponse:
+            raise AssertionError("streaming runs ask for streams")
+
+        async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+            yield TextDelta("The answer is")  # and then the connection drops
+
+    with pytest.raises(ModelError, match="ended its stream without a final response"):
+        await Agent(Cut()).run("q", store=MemoryStore(), stream=True)

@@ -91,6 +91,7 @@ class RunHandle:
         "seq",
         "step",
         "store",
+        "streaming",
     )
 
     def __init__(
@@ -122,6 +123,8 @@ class RunHandle:
         self.model_override: Any = None
         """A model (or model string) replacing the workflow's own, e.g. from `--model`."""
         self.batch = Batch()
+        self.streaming = False
+        """Ask models for streams and tell listeners each piece (`model.delta` events)."""
         self.safety: Any = None
         """The run's `SafetyState` (policy, guards, taint, approvals), set by the runtime."""
 
@@ -141,6 +144,13 @@ class RunHandle:
             for listener in self.listeners:
                 listener(ev)
         return ev
+
+    def notify(self, type_: str, data: dict[str, Any]) -> None:
+        """Tell the listeners something that is not journaled (seq 0): streamed pieces."""
+        if self.listeners:
+            ev = Event(self.record.id, 0, type_, _now(), data)
+            for listener in self.listeners:
+                listener(ev)
 
     def _compare(self, ev: Event) -> None:
         assert self.recording is not None

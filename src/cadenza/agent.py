@@ -17,7 +17,15 @@ from .budgets import Budget
 from .context import Principal
 from .errors import BudgetExceeded, ModelError, OutputValidationError, ReplayDivergence
 from .messages import Message, ToolCall, Usage
-from .models import Model, ModelRequest, ModelResponse, ModelSettings, resolve_model
+from .models import (
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ModelSettings,
+    TextDelta,
+    ToolCallEvent,
+    resolve_model,
+)
 from .prompts import Instructions, render_instructions
 from .safety import Guards, Policy, load_policy
 from .stores import StateStore
@@ -125,6 +133,7 @@ class Agent(Generic[OutputT]):
         listeners: list[Listener] | None = None,
         ref: str | None = None,
         policy: Policy | None = None,
+        stream: bool = False,
     ) -> runtime.RunResult:
         """Run the agent on `prompt` to a final answer.
 
@@ -141,6 +150,8 @@ class Agent(Generic[OutputT]):
             listeners: Called with every journal event as it happens.
             ref: How to load this agent again (`file.py:name`), for resume from the CLI.
             policy: Replaces the agent's policy for this run (checked against its tools).
+            stream: Ask models for streams; listeners get `model.delta` events (seq 0, not
+                journaled) as text arrives, and `model.tool_call` events.
 
         Raises:
             BudgetExceeded: a budget ran out (the run is checkpointed and can be resumed).
@@ -151,7 +162,7 @@ class Agent(Generic[OutputT]):
         opts = runtime.RunOptions(
             store=store, thread=thread, principal=principal, deps=deps,
             budget=budget or self.budget, run_id=run_id, ref=ref, listeners=listeners,
-            model=model, policy=load_policy(policy, self.tools),
+            model=model, policy=load_policy(policy, self.tools), stream=stream,
         )  # fmt: skip
         input_: Any = {"prompt": prompt, "vars": vars} if vars else prompt
         return await runtime.start(self, input_, opts)
@@ -296,12 +307,13 @@ class Agent(Generic[OutputT]):
         else:
             left = run.budget.remaining_time()
             deadline = None if left is None else asyncio.timeout(max(left, 0.0))
+            ask = _streamed(run, model, request, step) if run.streaming else model.request(request)
             try:
                 if deadline is None:
-                    response = await model.request(request)
+                    response = await ask
                 else:
                     async with deadline:
-                        response = await model.request(request)
+                        response = await ask
             except (ModelError, BudgetExceeded):
                 raise
             except TimeoutError as exc:
@@ -351,6 +363,25 @@ def _previous_calls(messages: list[Message]) -> frozenset[str]:
     if len(turns) < 2 or not turns[-2].tool_calls:
         return frozenset()
     return frozenset(call_key(c) for c in turns[-2].tool_calls)
+
+
+async def _streamed(
+    run: RunHandle, model: Model, request: ModelRequest, step: int
+) -> ModelResponse:
+    """Ask for a stream; tell the run's listeners each piece as it comes (not journaled).
+
+    Only a complete stream (ending with `StreamDone`) is an answer: a provider raises when its
+    stream is cut, so partial text never becomes a final answer or a tool call.
+    """
+    async for event in model.stream(request):
+        if isinstance(event, TextDelta):
+            run.notify("model.delta", {"step": step, "text": event.text})
+        elif isinstance(event, ToolCallEvent):
+            c = event.call
+            run.notify("model.tool_call", {"step": step, "name": c.name, "arguments": c.arguments})
+        else:
+            return event.response
+    raise ModelError(f"model {model.name!r} ended its stream without a final response")
 
 
 def _model_name(run: RunHandle, model: Model) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, cast
 
@@ -158,6 +159,10 @@ def run(
         str | None,
         typer.Option("--policy", help="Decide tool calls with this policy file (YAML or TOML)."),
     ] = None,
+    stream: Annotated[
+        bool,
+        typer.Option("--stream", help="Show the model's text and tool calls as they arrive."),
+    ] = False,
     as_json: JsonOpt = False,
     store: StoreOpt = None,
 ) -> None:
@@ -188,12 +193,45 @@ def run(
     ref = (
         f"{os.path.abspath(target)}:{name}" if target.endswith(".py") or "/" in target else workflow
     )
+    extra: dict[str, Any] = {}
+    if stream:
+        extra = {"stream": True, "listeners": [_live()]}
     result = run_async(
         lambda: wf.run(
-            value, store=st, thread=thread, model=model, ref=ref, principal=principal, policy=rules
+            value, store=st, thread=thread, model=model, ref=ref, principal=principal,
+            policy=rules, **extra,
         )
-    )
+    )  # fmt: skip
+    if stream:
+        err.print()
+        if not as_json and result.status == "finished" and isinstance(result.output, str):
+            if not out.is_terminal:  # the answer was streamed to the terminal already
+                out.print(result.output, markup=False)
+            u = result.usage
+            err.print(
+                f"run {result.run_id} · {u.requests} model call(s) · {u.total_tokens} tokens",
+                style="dim",
+            )
+            return
     print_result(result, as_json, wf)
+
+
+def _live() -> Callable[[Event], None]:
+    """A listener printing a run as it happens: streamed text, tool calls, tool results."""
+
+    def show(e: Event) -> None:
+        d = e.data
+        if e.type == "model.delta":
+            err.print(d["text"], end="", markup=False, highlight=False)
+        elif e.type == "model.tool_call":
+            err.print(f"\n[magenta]→ {escape(d['name'])}[/]({short(d['arguments'], 120)})")
+        elif e.type == "tool.returned":
+            mark = "[red]error[/]" if d.get("is_error") else "ok"
+            err.print(f"[dim]  {escape(d['name'])} {mark}: {short(d.get('content'), 120)}[/]")
+        elif e.type == "policy.decided" and d["effect"] != "allow":
+            err.print(f"[yellow]  policy {escape(d['effect'])}: {escape(d['rule'])}[/]")
+
+    return show
 
 
 @app.command()

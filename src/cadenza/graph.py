@@ -410,6 +410,7 @@ class CompiledGraph(Generic[S]):
         listeners: list[Listener] | None = None,
         ref: str | None = None,
         policy: Policy | None = None,
+        stream: bool = False,
     ) -> RunResult:
         """Run the graph from START to END (or to an interrupt).
 
@@ -426,6 +427,8 @@ class CompiledGraph(Generic[S]):
             listeners: Called with every journal event as it happens.
             ref: How to load this graph again (`file.py:name`), for resume from the CLI.
             policy: Replaces the graph's policy for this run (checked against its tools).
+            stream: Ask models for streams; listeners get `model.delta` events (seq 0, not
+                journaled) as text arrives, and `model.tool_call` events.
 
         """
         from . import runtime
@@ -435,7 +438,7 @@ class CompiledGraph(Generic[S]):
         opts = runtime.RunOptions(
             store=store, thread=thread, principal=principal, deps=deps, budget=budget,
             run_id=run_id, ref=ref, listeners=listeners, model=model,
-            policy=load_policy(policy, self.graph.tools),
+            policy=load_policy(policy, self.graph.tools), stream=stream,
         )  # fmt: skip
         if thread is not None:
             return await runtime.start(self, input, opts)  # validated once merged with the thread

@@ -98,6 +98,7 @@ class RunOptions:
     model: Any = None
     policy: Policy | None = None
     guards: Guards | None = None
+    stream: bool = False
 
 
 _ID_PREFIX = os.urandom(6).hex()
@@ -163,6 +164,7 @@ async def start(
         recording=None,
     )  # fmt: skip
     run.safety = _safety(wf, opts, parent, [record.input])
+    run.streaming = opts.stream or (parent is not None and parent.streaming)
     data: dict[str, Any] = {"workflow": wf.name, "kind": wf.kind, "input": record.input}
     if opts.thread:
         data["thread"] = opts.thread
@@ -224,6 +226,7 @@ async def resume(
         opts.model if opts.model is not None else (parent.model_override if parent else None)
     )
     run.safety = safety = _safety(wf, opts, parent, [record.input])
+    run.streaming = opts.stream or (parent is not None and parent.streaming)
     _load_safety(safety, events)
     record.status = "running"
     record.error = None
