@@ -160,8 +160,11 @@ class ScriptExhausted(ModelError):
 
 
 class ProviderError(ModelError):
-    """A model provider's API failed: the HTTP status (None for connection errors and timeouts),
-    whether retrying may help, and how long the server asked to wait."""
+    """A model provider's API failed.
+
+    It carries the HTTP status (None for connection errors and timeouts), whether retrying may
+    help, and how long the server asked to wait.
+    """
 
     def __init__(
         self,
