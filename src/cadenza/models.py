@@ -190,6 +190,8 @@ _BUILTIN = {
     "vllm": "cadenza.providers.openai:vllm_provider",
     "compat": "cadenza.providers.openai:compat_provider",
     "anthropic": "cadenza.providers.anthropic:anthropic_provider",
+    "resilient": "cadenza.providers.resilience:resilient_provider",
+    "fallback": "cadenza.providers.resilience:fallback_provider",
 }
 
 
