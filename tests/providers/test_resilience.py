@@ -807,3 +807,16 @@ async def test_fallback_from_the_faulty_server_to_a_scripted_model(faults: Fault
     events = await collect(chain.stream(ask()))
     assert isinstance(events[-1], StreamDone)
     assert events[-1].response.model_name == "scripted:fault-backup"
+
+
+def test_hosted_model_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cadenza.errors import ConfigError as _ConfigError
+    from cadenza.providers import timeout_from_env
+
+    monkeypatch.delenv("CADENZA_MODEL_TIMEOUT", raising=False)
+    assert timeout_from_env() == 60.0
+    monkeypatch.setenv("CADENZA_MODEL_TIMEOUT", "300")
+    assert timeout_from_env() == 300.0
+    monkeypatch.setenv("CADENZA_MODEL_TIMEOUT", "soon")
+    with pytest.raises(_ConfigError, match="CADENZA_MODEL_TIMEOUT"):
+        timeout_from_env()

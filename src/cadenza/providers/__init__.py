@@ -1,1 +1,31 @@
-"""Model providers beyond the test doubles: the local llama.cpp provider and its catalog."""
+"""Model providers: local, OpenAI and compatible servers, Anthropic, resilience, prices.
+
+`local` runs llama.cpp in-process (models from the PyPI catalog); `openai` and `anthropic` speak
+to hosted APIs through the official SDKs; `resilience` wraps any of them with retries, timeouts,
+a cache, a concurrency limit and fallback chains.
+"""
+
+import os
+
+from ..errors import ConfigError
+
+
+def timeout_from_env(default: float = 60.0) -> float:
+    """Seconds a hosted model call may take: `$CADENZA_MODEL_TIMEOUT`, else `default`.
+
+    CPU-bound servers (llama.cpp, Ollama on a laptop) may need minutes for a long prompt.
+
+    Raises:
+        ConfigError: the variable is not a positive number.
+
+    """
+    raw = os.environ.get("CADENZA_MODEL_TIMEOUT")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise ConfigError(f"CADENZA_MODEL_TIMEOUT must be a number of seconds > 0, not {raw!r}")
+    return value

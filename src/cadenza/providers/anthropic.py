@@ -43,6 +43,7 @@ from ..errors import ConfigError, ProviderError
 from ..messages import Message, ToolCall, Usage
 from ..models import ModelRequest, ModelResponse, StreamDone, StreamEvent, TextDelta, ToolCallEvent
 from ..safety.guards import tool_output_text
+from . import timeout_from_env
 from .prices import price_of
 
 try:
@@ -217,7 +218,9 @@ class AnthropicModel:
 
 def anthropic_provider(name: str) -> AnthropicModel:
     """Resolve `anthropic:NAME` (key from `$ANTHROPIC_API_KEY`, URL from `$ANTHROPIC_BASE_URL`)."""
-    return AnthropicModel(name, base_url=os.environ.get("ANTHROPIC_BASE_URL") or None)
+    return AnthropicModel(
+        name, base_url=os.environ.get("ANTHROPIC_BASE_URL") or None, timeout=timeout_from_env()
+    )
 
 
 # --- Responses ------------------------------------------------------------------------------

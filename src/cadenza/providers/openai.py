@@ -35,6 +35,7 @@ from ..errors import ConfigError, ProviderError
 from ..messages import Message, ToolCall, Usage
 from ..models import ModelRequest, ModelResponse, StreamDone, StreamEvent, TextDelta, ToolCallEvent
 from ..safety.guards import tool_output_text
+from . import timeout_from_env
 from .prices import price_of
 
 try:
@@ -424,13 +425,18 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 
 def openai_provider(name: str) -> OpenAIModel:
     """`openai:NAME`: key from `OPENAI_API_KEY` (required), base URL from `OPENAI_BASE_URL`."""
-    return OpenAIModel(name, base_url=os.environ.get("OPENAI_BASE_URL") or None)
+    return OpenAIModel(
+        name, base_url=os.environ.get("OPENAI_BASE_URL") or None, timeout=timeout_from_env()
+    )
 
 
 def ollama_provider(name: str) -> OpenAIModel:
     """`ollama:NAME`: an Ollama server at `$OLLAMA_BASE_URL` (default 127.0.0.1:11434)."""
     base = os.environ.get("OLLAMA_BASE_URL") or "http://127.0.0.1:11434/v1"
-    return OpenAIModel(name, prefix="ollama", base_url=base, api_key="ollama", api_key_env=None)
+    return OpenAIModel(
+        name, prefix="ollama", base_url=base, api_key="ollama", api_key_env=None,
+        timeout=timeout_from_env(),
+    )  # fmt: skip
 
 
 def vllm_provider(name: str) -> OpenAIModel:
@@ -458,4 +464,7 @@ def compat_provider(name: str) -> OpenAIModel:
 def _served(name: str, prefix: str, base_url: str, key_env: str) -> OpenAIModel:
     # The key is optional: a server started without one accepts any (never OpenAI's key).
     key = os.environ.get(key_env) or None
-    return OpenAIModel(name, prefix=prefix, base_url=base_url, api_key=key, api_key_env=None)
+    return OpenAIModel(
+        name, prefix=prefix, base_url=base_url, api_key=key, api_key_env=None,
+        timeout=timeout_from_env(),
+    )  # fmt: skip
