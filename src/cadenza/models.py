@@ -178,7 +178,12 @@ def resolve_model(model: str | Model) -> Model:
             f"unknown model provider {prefix!r} in {model!r}; known providers: "
             f"{', '.join(sorted(_known_prefixes()))}"
         )
-    return factory(rest)
+    resolved = factory(rest)
+    if prefix in _HOSTED:  # networks fail: hosted models get retries, timeouts, backoff
+        from .providers.resilience import Resilient
+
+        return Resilient(resolved)
+    return resolved
 
 
 # Providers shipped with Cadenza, imported on first use (their dependencies are extras).
@@ -193,6 +198,10 @@ _BUILTIN = {
     "resilient": "cadenza.providers.resilience:resilient_provider",
     "fallback": "cadenza.providers.resilience:fallback_provider",
 }
+
+
+_HOSTED = frozenset({"openai", "ollama", "vllm", "compat", "anthropic"})
+"""Prefixes whose models `resolve_model` wraps in a default `Resilient`."""
 
 
 def _known_prefixes() -> set[str]:

@@ -33,6 +33,7 @@ from cadenza.models import (
     resolve_model,
 )
 from cadenza.providers.anthropic import AnthropicModel
+from cadenza.providers.resilience import Resilient
 
 EXCHANGES = Path(__file__).parent / "anthropic_exchanges"
 MODEL = "claude-sonnet-4-0"
@@ -431,7 +432,9 @@ def test_the_model_string_resolves_with_key_and_base_url_from_the_environment(
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "https://claude-proxy.internal/anthropic")
-    model = resolve_model(f"anthropic:{MODEL}")
+    wrapped = resolve_model(f"anthropic:{MODEL}")
+    assert isinstance(wrapped, Resilient)  # hosted models resolve with retries and timeouts
+    model = wrapped.model
     assert isinstance(model, AnthropicModel)
     assert model.name == f"anthropic:{MODEL}"
     assert str(model.client.base_url) == "https://claude-proxy.internal/anthropic/"

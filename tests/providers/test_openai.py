@@ -38,6 +38,7 @@ from cadenza.models import (
     resolve_model,
 )
 from cadenza.providers.openai import MALFORMED, OpenAIModel
+from cadenza.providers.resilience import Resilient
 from cadenza.safety.guards import tool_output_text
 
 WEATHER = ToolSpec(
@@ -572,13 +573,18 @@ def stub() -> Iterator[StubServer]:
     server.close()
 
 
+def _unwrapped(model: Any) -> Any:
+    """The provider's own model under the default resilience wrapper of hosted model strings."""
+    return model.model if isinstance(model, Resilient) else model
+
+
 @pytest.fixture
 async def owned() -> AsyncIterator[Callable[..., OpenAIModel]]:
     """Builds models from a factory (or resolves strings), and closes them after the test."""
     made: list[OpenAIModel] = []
 
     def make(spec: str | None = None, **kw: Any) -> OpenAIModel:
-        model = resolve_model(spec) if spec else OpenAIModel(**kw)
+        model = _unwrapped(resolve_model(spec)) if spec else OpenAIModel(**kw)
         assert isinstance(model, OpenAIModel)
         made.append(model)
         return model
@@ -676,7 +682,9 @@ def test_providers_default_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("OLLAMA_BASE_URL", "VLLM_BASE_URL", "VLLM_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
-    models = {p: resolve_model(f"{p}:m") for p in ("openai", "ollama", "vllm")}
+    resolved = {p: resolve_model(f"{p}:m") for p in ("openai", "ollama", "vllm")}
+    assert all(isinstance(m, Resilient) for m in resolved.values())  # hosted: resilient
+    models = {p: _unwrapped(m) for p, m in resolved.items()}
     assert all(isinstance(m, Model) and isinstance(m, OpenAIModel) for m in models.values())
     assert [getattr(m, "base_url", "?") for m in models.values()] == [
         None, "http://127.0.0.1:11434/v1", "http://127.0.0.1:8000/v1",
@@ -696,7 +704,7 @@ async def served(llama_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
     """`compat:qwen2.5-coder-0.5b`, resolved through the environment like a user would."""
     monkeypatch.setenv("CADENZA_COMPAT_BASE_URL", llama_server)
     monkeypatch.delenv("CADENZA_COMPAT_API_KEY", raising=False)
-    model = resolve_model(f"compat:{SERVED_MODEL}")
+    model = _unwrapped(resolve_model(f"compat:{SERVED_MODEL}"))
     assert isinstance(model, OpenAIModel)
     yield model
     await model.aclose()

@@ -820,3 +820,11 @@ def test_hosted_model_timeout_comes_from_the_environment(monkeypatch: pytest.Mon
     monkeypatch.setenv("CADENZA_MODEL_TIMEOUT", "soon")
     with pytest.raises(_ConfigError, match="CADENZA_MODEL_TIMEOUT"):
         timeout_from_env()
+
+
+def test_hosted_model_strings_are_resilient_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    plain = resolve_model("openai:gpt-4o-mini")
+    assert isinstance(plain, Resilient) and plain.name == "openai:gpt-4o-mini"
+    again = resolve_model("resilient:openai:gpt-4o-mini")
+    assert isinstance(again, Resilient) and not isinstance(again.model, Resilient)

@@ -530,7 +530,8 @@ class Fallback:
 
 def resilient_provider(spec: str) -> Resilient:
     """Resolve `resilient:MODEL` (e.g. `resilient:openai:gpt-4o-mini`) with default settings."""
-    return Resilient(resolve_model(spec))
+    inner = resolve_model(spec)
+    return inner if isinstance(inner, Resilient) else Resilient(inner)
 
 
 def fallback_provider(spec: str) -> Fallback:
