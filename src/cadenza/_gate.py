@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
 
 from ._run import RunHandle
 from .audit._chain import canonical_json
@@ -62,7 +63,8 @@ class SafetyState:
 
 class _Prepared:
     __slots__ = (
-        "approver", "call", "decision", "index", "kwargs", "outcome", "pending", "result", "tool",
+        "approver", "args", "call", "decision", "index", "kwargs", "outcome", "pending", "result",
+        "tool",
     )  # fmt: skip
 
     def __init__(self, index: int, call: ToolCall) -> None:
@@ -70,6 +72,9 @@ class _Prepared:
         self.call = call
         self.tool: Tool | None = None
         self.kwargs: dict[str, Any] = {}
+        """The validated arguments the tool receives (may hold models, dates...)."""
+        self.args: dict[str, Any] = call.arguments
+        """The same as JSON: as the model sent them, or as the approver edited them."""
         self.result: ToolResult | None = None
         self.decision: Decision | None = None
         self.approver: str | None = None
@@ -191,7 +196,7 @@ def _decide(
     facts = CallFacts(
         tool=t.name, version=str(t.version), side_effects=t.side_effects, args=p.kwargs,
         principal=run.ctx.principal, workflow=run.record.workflow, agent=agent,
-        untrusted=taint.untrusted, tainted=taint.tainted(p.kwargs), injection=taint.injection,
+        untrusted=taint.untrusted, tainted=taint.tainted(p.args), injection=taint.injection,
     )  # fmt: skip
     d = policy.decide(facts)
     p.decision = d
@@ -234,6 +239,7 @@ def _decide(
     if edited is not None:
         try:
             p.kwargs = t.validate(edited)
+            p.args = edited
         except ValidationError as exc:
             _refuse(
                 p, f"the approver's edited arguments are invalid: {format_validation_error(exc)}"
@@ -251,7 +257,7 @@ def _request_approvals(
         assert d is not None and p.tool is not None
         ask = {
             "id": f"{run.run_id}:{step}:{p.index}", "step": step, "index": p.index,
-            "name": p.tool.name, "version": str(p.tool.version), "arguments": p.kwargs,
+            "name": p.tool.name, "version": str(p.tool.version), "arguments": p.args,
             "rule": d.rule, "reason": d.reason, "agent": agent,
         }  # fmt: skip
         run.emit("approval.requested", ask)
@@ -299,7 +305,12 @@ def _audit(run: RunHandle, p: _Prepared, step: int, agent: str | None, model: st
     if run.replaying:
         return
     principal = run.ctx.principal
-    args = p.kwargs if p.tool is not None else p.call.arguments
+    args = p.args
+    try:
+        args_text = canonical_json(args)
+    except (TypeError, ValueError):  # Python objects in a scripted or hand-made call
+        args = to_jsonable_python(args, fallback=str)
+        args_text = canonical_json(args)
     d = p.decision
     outcome = p.outcome
     if outcome == "executed" and p.result is not None and p.result.is_error:
@@ -309,7 +320,7 @@ def _audit(run: RunHandle, p: _Prepared, step: int, agent: str | None, model: st
         "run": run.run_id, "workflow": run.record.workflow, "step": step, "index": p.index,
         "actor": principal.user_id, "tenant": principal.tenant, "agent": agent, "model": model,
         "tool": p.call.name, "version": str(p.tool.version) if p.tool is not None else None,
-        "args_hash": hashlib.sha256(canonical_json(args).encode()).hexdigest(),
+        "args_hash": hashlib.sha256(args_text.encode()).hexdigest(),
         "args": redact_value(args),
         "decision": None if d is None else {
             "effect": d.effect, "rule": d.rule, "policy_version": d.policy_version},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -11,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from cadenza import END, START, Agent, Graph, Policy, Principal, Rule, tool
 from cadenza.approvals import approve, deny, list_approvals
 from cadenza.audit import entries
 from cadenza.context import RunContext
 from cadenza.errors import ApprovalError, ReplayDivergence, ResumeError
-from cadenza.stores import SQLiteStore
+from cadenza.stores import MemoryStore, SQLiteStore
 from cadenza.testing import ScriptedModel, call
 
 PAID: list[dict[str, Any]] = []
@@ -234,3 +236,27 @@ async def test_runs_with_approvals_and_denials_replay_exactly(tmp_path: Path) ->
                    policy=Policy([Rule("never", "deny", tools=("pay",))], version="9"))  # fmt: skip
     with pytest.raises(ReplayDivergence, match=r"policy\.decided"):
         await strict.replay(first.run_id, store=store)
+
+
+class Address(BaseModel):
+    city: str
+
+
+async def test_tools_taking_models_and_dates_are_audited_with_their_json_arguments() -> None:
+    @tool
+    def ship(to: Address, when: dt.date) -> str:
+        """Ship a parcel.
+
+        Args:
+            to: Where.
+            when: Which day.
+        """
+        return f"{to.city} on {when.isoformat()}"
+
+    store = MemoryStore()
+    model = ScriptedModel([call("ship", to={"city": "Paris"}, when="2026-12-01"), "ok"])
+    result = await Agent(model, tools=[ship]).run("ship it", store=store)
+    assert result.output == "ok"
+    (entry,) = await entries(store, run_id=result.run_id)
+    assert entry["args"] == {"to": {"city": "Paris"}, "when": "2026-12-01"}
+    assert entry["outcome"] == "executed"
