@@ -218,13 +218,19 @@ def run(
 
 def _live() -> Callable[[Event], None]:
     """A listener printing a run as it happens: streamed text, tool calls, tool results."""
+    mid_line = [False]  # streamed text left the cursor mid-line
 
     def show(e: Event) -> None:
         d = e.data
         if e.type == "model.delta":
             err.print(d["text"], end="", markup=False, highlight=False)
-        elif e.type == "model.tool_call":
-            err.print(f"\n[magenta]→ {escape(d['name'])}[/]({short(d['arguments'], 120)})")
+            mid_line[0] = not d["text"].endswith("\n")
+            return
+        if mid_line[0] and e.type in ("model.tool_call", "tool.returned", "policy.decided"):
+            err.print()
+            mid_line[0] = False
+        if e.type == "model.tool_call":
+            err.print(f"[magenta]→ {escape(d['name'])}[/]({short(d['arguments'], 120)})")
         elif e.type == "tool.returned":
             mark = "[red]error[/]" if d.get("is_error") else "ok"
             err.print(f"[dim]  {escape(d['name'])} {mark}: {short(d.get('content'), 120)}[/]")
