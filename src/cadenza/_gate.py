@@ -295,10 +295,19 @@ def _screen(run: RunHandle, p: _Prepared, step: int) -> None:
         p.result = ToolResult(r.call_id, r.name, content)
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def _utc_now() -> str:
     """The time as ISO 8601 UTC with microseconds, e.g. 2026-11-25T18:44:04.123456Z."""
+    global _second
     t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+    s = int(t)
+    sec, text = _second  # one tuple, replaced whole: safe from several threads
+    if s != sec:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+        _second = (s, text)
+    return f"{text}.{int((t - s) * 1e6):06d}Z"
 
 
 def _audit(run: RunHandle, p: _Prepared, step: int, agent: str | None, model: str | None) -> None:
