@@ -63,8 +63,8 @@ class SafetyState:
 
 class _Prepared:
     __slots__ = (
-        "approver", "args", "call", "decision", "index", "kwargs", "outcome", "pending", "result",
-        "tool",
+        "approval_id", "approver", "args", "call", "decision", "index", "kwargs", "outcome",
+        "pending", "result", "tool",
     )  # fmt: skip
 
     def __init__(self, index: int, call: ToolCall) -> None:
@@ -78,6 +78,7 @@ class _Prepared:
         self.result: ToolResult | None = None
         self.decision: Decision | None = None
         self.approver: str | None = None
+        self.approval_id = ""
         self.pending = False
         self.outcome = "refused"
 
@@ -219,9 +220,22 @@ def _decide(
         )
         decided = None if rec is None else rec.data
     else:
-        decided = run.safety.approvals.get(key)
+        # A decision holds for the arguments the approver saw: a call that changed since (a
+        # node computing something else on resume) is a new request, `KEY~2`, `KEY~3`...
+        decided, asked = None, 0
+        while (
+            d := run.safety.approvals.get(key if not asked else f"{key}~{asked + 1}")
+        ) is not None:
+            asked += 1
+            if d.get("requested", p.args) == p.args:
+                decided = d
+        if decided is not None:
+            key = decided["id"]
+        elif asked:
+            key = f"{key}~{asked + 1}"
     if decided is None:
         p.pending = True
+        p.approval_id = key
         return False
     approved = bool(decided.get("approved"))
     edited = decided.get("arguments")
@@ -256,7 +270,7 @@ def _request_approvals(
         d = p.decision
         assert d is not None and p.tool is not None
         ask = {
-            "id": f"{run.run_id}:{step}:{p.index}", "step": step, "index": p.index,
+            "id": p.approval_id, "step": step, "index": p.index,
             "name": p.tool.name, "version": str(p.tool.version), "arguments": p.args,
             "rule": d.rule, "reason": d.reason, "agent": agent,
         }  # fmt: skip

@@ -430,6 +430,7 @@ def _safety(
 def _load_safety(safety: SafetyState, events: list[Any]) -> None:
     """Rebuild what a resumed run had read (taint) and the decisions taken while it waited."""
     taint = safety.taint
+    asked: dict[str, Any] = {}
     flagged = {(e.data["step"], e.data["index"]) for e in events if e.type == "guard.flagged"}
     for e in events:
         d = e.data
@@ -437,8 +438,11 @@ def _load_safety(safety: SafetyState, events: list[Any]) -> None:
             taint.add_untrusted(
                 d["name"], d["content"], injection=(d["step"], d["index"]) in flagged
             )
+        elif e.type == "approval.requested":
+            asked[d["id"]] = d["arguments"]
         elif e.type == "approval.decided":
-            safety.approvals[d["id"]] = d
+            # A decision holds for the arguments the approver saw, and for no others.
+            safety.approvals[d["id"]] = {**d, "requested": asked.get(d["id"])}
 
 
 async def _check_approvals(store: StateStore, run_id: str, events: list[Any]) -> None:

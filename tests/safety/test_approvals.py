@@ -18,7 +18,7 @@ from cadenza import END, START, Agent, Graph, Policy, Principal, Rule, tool
 from cadenza.approvals import approve, deny, list_approvals
 from cadenza.audit import entries
 from cadenza.context import RunContext
-from cadenza.errors import ApprovalError, ReplayDivergence, ResumeError
+from cadenza.errors import ApprovalError, ReplayDivergence, ResumeError, ToolError
 from cadenza.stores import MemoryStore, SQLiteStore
 from cadenza.testing import ScriptedModel, call
 
@@ -260,3 +260,38 @@ async def test_tools_taking_models_and_dates_are_audited_with_their_json_argumen
     (entry,) = await entries(store, run_id=result.run_id)
     assert entry["args"] == {"to": {"city": "Paris"}, "when": "2026-12-01"}
     assert entry["outcome"] == "executed"
+
+
+AMOUNTS = [2000.0, 3000.0]
+
+
+async def test_an_approval_holds_only_for_the_arguments_the_approver_saw(tmp_path: Path) -> None:
+    class S(BaseModel):
+        receipt: str = ""
+
+    async def payout(state: S, ctx: RunContext) -> dict[str, Any]:
+        amount = AMOUNTS[0]  # a node that computes something else when it runs again
+        return {"receipt": await ctx.call_tool("pay", iban="DE89370400440532013000", amount=amount)}
+
+    g = Graph(S, name="payouts", tools=[pay], policy=POLICY)
+    g.add_node("payout", payout)
+    g.add_edge(START, "payout")
+    g.add_edge("payout", END)
+    wf = g.compile()
+    store = SQLiteStore(tmp_path / "c.db")
+    first = await wf.run({}, store=store)
+    approval = first.interrupt["approvals"][0]
+    assert approval["arguments"]["amount"] == 2000.0
+    await approve(store, approval["id"], by="carol")
+    AMOUNTS.reverse()  # now the node would pay 3000: not what carol approved
+    again = await wf.resume(first.run_id, store=store)
+    assert again.status == "interrupted" and PAID == []
+    (second,) = again.interrupt["approvals"]
+    assert second["arguments"]["amount"] == 3000.0
+    assert second["id"] == f"{approval['id']}~2"  # a new request, listed and decidable
+    assert [a.id for a in await list_approvals(store)] == [second["id"]]
+    await deny(store, second["id"], by="carol", reason="not what we agreed")
+    with pytest.raises(ToolError, match="denied by approver carol: not what we agreed"):
+        await wf.resume(first.run_id, store=store)
+    assert PAID == []
+    AMOUNTS.reverse()
