@@ -25,7 +25,7 @@ from ._run import RunHandle
 from .audit._chain import canonical_json
 from .errors import ApprovalRequired
 from .messages import ToolCall, ToolResult
-from .safety.guards import Guards, check_arguments, redact_value, screen_output
+from .safety.guards import Guards, check_arguments, redact, redact_value, screen_output
 from .safety.policy import CallFacts, Decision, Policy
 from .safety.taint import TaintTracker
 from .stores._base import ToolRecord
@@ -193,12 +193,7 @@ def _decide(
     run: RunHandle, policy: Policy, p: _Prepared, t: Tool, step: int, agent: str | None
 ) -> bool:
     """Ask the policy; False when the call must not run now (denied, or awaiting approval)."""
-    taint = run.safety.taint
-    facts = CallFacts(
-        tool=t.name, version=str(t.version), side_effects=t.side_effects, args=p.kwargs,
-        principal=run.ctx.principal, workflow=run.record.workflow, agent=agent,
-        untrusted=taint.untrusted, tainted=taint.tainted(p.args), injection=taint.injection,
-    )  # fmt: skip
+    facts = _facts(run, t, p, agent)
     d = policy.decide(facts)
     p.decision = d
     run.emit(
@@ -227,7 +222,8 @@ def _decide(
             d := run.safety.approvals.get(key if not asked else f"{key}~{asked + 1}")
         ) is not None:
             asked += 1
-            if d.get("requested", p.args) == p.args:
+            req = d.get("requested")
+            if req is None or (req["name"] == p.call.name and req["arguments"] == p.args):
                 decided = d
         if decided is not None:
             key = decided["id"]
@@ -259,7 +255,24 @@ def _decide(
                 p, f"the approver's edited arguments are invalid: {format_validation_error(exc)}"
             )
             return False
+        # An edit is a new call: the policy decides it again (deny still beats approve).
+        again = policy.decide(_facts(run, t, p, agent))
+        if again.effect == "deny":
+            _refuse(
+                p, f"the approver's edited arguments are denied by policy rule {again.rule!r}: "
+                f"{again.reason}", "denied",
+            )  # fmt: skip
+            return False
     return True
+
+
+def _facts(run: RunHandle, t: Tool, p: _Prepared, agent: str | None) -> CallFacts:
+    taint = run.safety.taint
+    return CallFacts(
+        tool=t.name, version=str(t.version), side_effects=t.side_effects, args=p.kwargs,
+        principal=run.ctx.principal, workflow=run.record.workflow, agent=agent,
+        untrusted=taint.untrusted, tainted=taint.tainted(p.args), injection=taint.injection,
+    )  # fmt: skip
 
 
 def _request_approvals(
@@ -350,7 +363,7 @@ def _audit(run: RunHandle, p: _Prepared, step: int, agent: str | None, model: st
         "approver": p.approver, "outcome": outcome,
     }  # fmt: skip
     if p.result is not None and p.result.is_error:
-        entry["detail"] = redact_value(str(p.result.content)[:300])
+        entry["detail"] = redact(str(p.result.content))[:300]  # redacted whole, then cut
     run.batch.audit = [*run.batch.audit, entry]
     run.safety.audited += 1
 

@@ -439,7 +439,7 @@ def _load_safety(safety: SafetyState, events: list[Any]) -> None:
                 d["name"], d["content"], injection=(d["step"], d["index"]) in flagged
             )
         elif e.type == "approval.requested":
-            asked[d["id"]] = d["arguments"]
+            asked[d["id"]] = {"name": d["name"], "arguments": d["arguments"]}
         elif e.type == "approval.decided":
             # A decision holds for the arguments the approver saw, and for no others.
             safety.approvals[d["id"]] = {**d, "requested": asked.get(d["id"])}

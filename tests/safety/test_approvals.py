@@ -295,3 +295,80 @@ async def test_an_approval_holds_only_for_the_arguments_the_approver_saw(tmp_pat
         await wf.resume(first.run_id, store=store)
     assert PAID == []
     AMOUNTS.reverse()
+
+
+async def test_an_approvers_edit_is_decided_by_the_policy_again(tmp_path: Path) -> None:
+    capped = Policy(
+        [
+            Rule("cap", "deny", tools=("pay",), when=("args.amount > 1000",), reason="too much"),
+            Rule("ask", "approve", tools=("pay",)),
+        ],
+        version="1",
+    )
+    store = SQLiteStore(tmp_path / "c.db")
+    model = ScriptedModel([call("pay", iban="DE89370400440532013000", amount=100), "done"])
+    agent = Agent(model, name="payer", tools=[pay], policy=capped)
+    first = await agent.run("pay 100", store=store)
+    edit = {"iban": "DE89370400440532013000", "amount": 900_000}
+    await approve(store, first.interrupt["approvals"][0]["id"], by="mallory", arguments=edit)
+    await agent.resume(first.run_id, store=store)
+    assert PAID == []  # deny still beats approve
+    seen = model.requests[-1].messages[-1].tool_results[0]
+    assert seen.content == (
+        "the approver's edited arguments are denied by policy rule 'cap': too much"
+    )
+
+
+async def test_an_approval_never_passes_to_another_tool_at_the_same_position(
+    tmp_path: Path,
+) -> None:
+    class S(BaseModel):
+        receipt: str = ""
+
+    which = ["pay"]
+
+    @tool(side_effects=True)
+    def wipe(iban: str, amount: float) -> str:
+        """Wipe an account.
+
+        Args:
+            iban: Account.
+            amount: Euros.
+        """
+        PAID.append({"wiped": iban})
+        return "wiped"
+
+    async def act(state: S, ctx: RunContext) -> dict[str, Any]:
+        args = {"iban": "DE89370400440532013000", "amount": 500.0}
+        return {"receipt": await ctx.call_tool(which[0], **args)}
+
+    both = Policy([Rule("ask", "approve", tools=("pay", "wipe"))], version="1")
+    g = Graph(S, name="acts", tools=[pay, wipe], policy=both)
+    g.add_node("act", act)
+    g.add_edge(START, "act")
+    g.add_edge("act", END)
+    wf = g.compile()
+    store = SQLiteStore(tmp_path / "c.db")
+    first = await wf.run({}, store=store)
+    await approve(store, first.interrupt["approvals"][0]["id"], by="carol")
+    which[0] = "wipe"  # same position, same arguments, another tool
+    again = await wf.resume(first.run_id, store=store)
+    assert again.status == "interrupted" and PAID == []
+    assert again.interrupt["approvals"][0]["name"] == "wipe"
+
+
+async def test_audit_details_are_redacted_before_they_are_cut(tmp_path: Path) -> None:
+    @tool
+    def fail_loudly(n: int) -> str:
+        """Fail with personal data in the message.
+
+        Args:
+            n: Anything.
+        """
+        raise RuntimeError("x" * 245 + " card 4111 1111 1111 1111 then more text")
+
+    store = MemoryStore()
+    agent = Agent(ScriptedModel([call("fail_loudly", n=1), "sorry"]), tools=[fail_loudly])
+    result = await agent.run("go", store=store)
+    (entry,) = await entries(store, run_id=result.run_id)
+    assert "4111" not in entry["detail"] and "[CARD]" in entry["detail"]
