@@ -295,7 +295,7 @@ class GraphRunner:
             child_input = state
         opts = runtime.RunOptions(store=run.store, run_id=child_id)
         if run.recording is not None:
-            result = await runtime.replay(wf, child_id, opts)
+            result = await runtime.replay(wf, child_id, opts, parent=run)
             if result.status == "interrupted":
                 raise GraphInterrupt(result.interrupt)
         else:

@@ -244,7 +244,9 @@ async def resume(
     )
 
 
-async def replay(wf: Workflow, run_id: str, opts: RunOptions) -> RunResult:
+async def replay(
+    wf: Workflow, run_id: str, opts: RunOptions, parent: RunHandle | None = None
+) -> RunResult:
     """Re-drive a recorded run from its journal with no model or tool call.
 
     Raises:
@@ -265,7 +267,7 @@ async def replay(wf: Workflow, run_id: str, opts: RunOptions) -> RunResult:
     budget = BudgetTracker(Budget(max_steps=None))
     run = RunHandle(store, shadow, ctx, budget, listeners=opts.listeners, recording=recording)
     run.model_override = opts.model
-    run.safety = _safety(wf, opts, None, [record.input])
+    run.safety = _safety(wf, opts, parent, [record.input])  # a child shares its parent's
     try:
         output, _ = await wf._drive(run, None, record.input, NO_ANSWER)  # pyright: ignore[reportPrivateUsage]
     except GraphInterrupt as sig:

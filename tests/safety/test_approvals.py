@@ -372,3 +372,29 @@ async def test_audit_details_are_redacted_before_they_are_cut(tmp_path: Path) ->
     result = await agent.run("go", store=store)
     (entry,) = await entries(store, run_id=result.run_id)
     assert "4111" not in entry["detail"] and "[CARD]" in entry["detail"]
+
+
+class Question(BaseModel):
+    question: str = ""
+    answer: str = ""
+
+
+async def test_a_graph_whose_agent_node_works_under_the_graphs_policy_replays(
+    tmp_path: Path,
+) -> None:
+    helper = Agent(
+        ScriptedModel([call("pay", iban="DE89370400440532013000", amount=5), "paid 5"], repeat=True),
+        name="helper", tools=[pay],
+    )  # fmt: skip
+    g = Graph(Question, name="asks", tools=[pay], policy=POLICY)
+    g.add_node("ask", helper, input=lambda s: s.question, output="answer")
+    g.add_edge(START, "ask")
+    g.add_edge("ask", END)
+    wf = g.compile()
+    store = SQLiteStore(tmp_path / "c.db")
+    done = await wf.run({"question": "pay 5"}, store=store)
+    child = [e.data for e in await store.events(f"{done.run_id}.1") if e.type == "policy.decided"]
+    assert [d["rule"] for d in child] == ["small"]  # the graph's policy governs its agent node
+    PAID.clear()
+    replayed = await wf.replay(done.run_id, store=store)
+    assert replayed.output.answer == "paid 5" and PAID == []
