@@ -22,6 +22,7 @@ from ._run import NO_ANSWER, Listener, Recording, RunHandle
 from .budgets import Budget, BudgetTracker
 from .context import Principal, RunContext
 from .errors import (
+    CadenzaError,
     GraphInterrupt,
     ReplayDivergence,
     ResumeError,
@@ -166,6 +167,9 @@ async def start(
     run.safety = _safety(wf, opts, parent, [record.input])
     run.streaming = opts.stream or (parent is not None and parent.streaming)
     data: dict[str, Any] = {"workflow": wf.name, "kind": wf.kind, "input": record.input}
+    if opts.policy is not None and parent is None:  # a per-run policy: resume must use it too
+        p = opts.policy
+        data["policy"] = {"name": p.name, "version": p.version, "path": p.path and str(p.path)}
     if opts.thread:
         data["thread"] = opts.thread
     if parent is not None:
@@ -215,6 +219,8 @@ async def resume(
     )
     if parent is None and budget.budget.quotas:
         await _meter(budget, principal, store)
+    if parent is None and opts.policy is None:
+        opts.policy = _policy_of_run(run_id, events)
     ctx = RunContext(record.id, record.thread, principal, opts.deps)
     run = RunHandle(
         store, record, ctx, budget,
@@ -427,6 +433,37 @@ def _safety(
         return SafetyState(own, shared.guards, shared.taint, shared.approvals)
     guards = opts.guards or getattr(wf, "guards", None)
     return SafetyState(own, guards, TaintTracker(trusted))
+
+
+def _policy_of_run(run_id: str, events: list[Any]) -> Policy | None:
+    """The policy a run was started with (`run(..., policy=)`, `--policy`), reloaded from its file.
+
+    Raises:
+        ResumeError: it was built in code, or its file is gone or changed version since.
+
+    """
+    started = next((e for e in events if e.type == "run.started"), None)
+    p: Any = started.data.get("policy") if started is not None else None
+    if not p:
+        return None
+    label = f"{p['name']}@{p['version']}"
+    if not p.get("path"):
+        raise ResumeError(
+            f"run {run_id} was started with policy {label}, built in code: pass it again to "
+            "resume (`resume(..., policy=...)`)"
+        )
+    try:
+        policy = Policy.from_file(p["path"])
+    except CadenzaError as exc:
+        raise ResumeError(
+            f"run {run_id} was started with policy {label} from {p['path']}: {exc}"
+        ) from exc
+    if policy.version != p["version"]:
+        raise ResumeError(
+            f"run {run_id} was started with policy {label}; {p['path']} now holds version "
+            f"{policy.version}: pass the policy to use explicitly (`--policy` or policy=)"
+        )
+    return policy
 
 
 def _load_safety(safety: SafetyState, events: list[Any]) -> None:

@@ -398,3 +398,45 @@ async def test_a_graph_whose_agent_node_works_under_the_graphs_policy_replays(
     PAID.clear()
     replayed = await wf.replay(done.run_id, store=store)
     assert replayed.output.answer == "paid 5" and PAID == []
+
+
+async def test_a_per_run_policy_is_used_again_when_the_run_resumes(tmp_path: Path) -> None:
+    file = tmp_path / "strict.yaml"
+    file.write_text(
+        "name: strict\nversion: '2'\nrules:\n"
+        "  - {id: ask, tools: pay, effect: approve}\n"
+        "  - {id: never-delete, tools: delete_customer, effect: deny}\n"
+    )
+
+    @tool(side_effects=True)
+    def delete_customer(customer: str) -> str:
+        """Delete a customer.
+
+        Args:
+            customer: Who.
+        """
+        PAID.append({"deleted": customer})
+        return "deleted"
+
+    script = [[call("pay", iban="X", amount=10), call("delete_customer", customer="c-42")], "ok"]
+    agent = Agent(ScriptedModel(script), name="open", tools=[pay, delete_customer])  # no policy
+    store = SQLiteStore(tmp_path / "c.db")
+    first = await agent.run("go", store=store, policy=Policy.from_file(file))
+    await approve(store, first.interrupt["approvals"][0]["id"], by="carol")
+    await agent.resume(first.run_id, store=store)  # no policy given: the run's own is reloaded
+    assert PAID == [{"iban": "X", "amount": 10}]  # paid once approved; the deletion stayed denied
+    # A policy built in code cannot be reloaded: resuming without it is refused, not unguarded.
+    coded = Policy([Rule("ask", "approve", tools=("pay",))], version="1")
+    second = await _agent(call("pay", iban="X", amount=1), "ok").run(
+        "go", store=store, policy=coded
+    )
+    await approve(store, second.interrupt["approvals"][0]["id"], by="carol")
+    with pytest.raises(ResumeError, match="built in code: pass it again"):
+        await _agent("ok").resume(second.run_id, store=store)
+    # The file changed version since the run started: refused too.
+    fresh = Agent(ScriptedModel(script), name="open", tools=[pay, delete_customer])
+    third = await fresh.run("go", store=store, policy=Policy.from_file(file))
+    await approve(store, third.interrupt["approvals"][0]["id"], by="carol")
+    file.write_text(file.read_text().replace("version: '2'", "version: '3'"))
+    with pytest.raises(ResumeError, match="now holds version 3"):
+        await agent.resume(third.run_id, store=store)

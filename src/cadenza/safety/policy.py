@@ -178,7 +178,7 @@ class Policy:
     rule and saying that its condition could not be evaluated. An `args.x` not passed is None.
     """
 
-    __slots__ = ("_compiled", "_index", "_star", "default", "name", "rules", "version")
+    __slots__ = ("_compiled", "_index", "_star", "default", "name", "path", "rules", "version")
 
     def __init__(
         self,
@@ -202,6 +202,8 @@ class Policy:
         """The effect when no rule holds."""
         self.name = name
         """The policy's name, used in messages."""
+        self.path: Path | None = None
+        """The file it was loaded from (`from_file`), so a run can reload it on resume."""
         problems: list[str] = []
         if not _is_str(version):
             problems.append("version must be a non-empty string")
@@ -285,7 +287,9 @@ class Policy:
         except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
             kind = "TOML" if suffix == ".toml" else "YAML"
             raise PolicyError([f"not valid {kind}: {exc}"], str(p)) from exc
-        return cls.from_dict(data, source=str(p))
+        policy = cls.from_dict(data, source=str(p))
+        policy.path = p.resolve()
+        return policy
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "policy") -> Policy:
