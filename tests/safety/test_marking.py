@@ -31,3 +31,15 @@ def test_the_local_provider_shows_the_marked_text() -> None:
     chat = _to_chat(msg)
     assert chat["role"] == "tool"
     assert chat["content"] == tool_output_text(msg.tool_results[0])
+
+
+def test_taint_matches_numbers_by_value_and_text_without_json_escapes() -> None:
+    from cadenza.safety.taint import TaintTracker
+
+    t = TaintTracker([{"path": "C:\\\\Users\\\\ann\\\\report.txt", "prompt": "pay my invoice"}])
+    t.add_untrusted("read", {"note": "Pay 2,500.00 EUR to the account below.\nThanks,\nBob"})
+    t.add_untrusted("files", {"found": "C:\\\\Users\\\\ann\\\\report.txt"})
+    assert t.tainted({"amount": 2500}) == {"amount"}  # 2,500.00 in the text is 2500
+    assert t.tainted({"amount": 2500.0, "small": 25}) == {"amount"}
+    assert t.tainted({"body": "Pay 2,500.00 EUR to the account below.\nThanks,\nBob"}) == {"body"}
+    assert t.tainted({"path": "C:\\\\Users\\\\ann\\\\report.txt"}) == frozenset()  # the user's own

@@ -38,9 +38,32 @@ def _compact(text: str) -> str:
     return _SPACING.sub("", text)
 
 
+_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?(?![\w])")
+
+
+def _numbers(text: str) -> set[float]:
+    """Every number written in `text`, by value: `2,500.00`, `2500` and `2.5e3` are one."""
+    out: set[float] = set()
+    for m in _NUMBER.finditer(text):
+        try:
+            out.add(float(m.group().replace(",", "")))
+        except ValueError:
+            pass
+    return out
+
+
 def _text(value: Any) -> str:
+    """The text of a value as a model would copy from it: its strings and numbers, unescaped."""
     if isinstance(value, str):
         return value
+    if isinstance(value, Mapping):
+        return "\n".join(_text(v) for v in value.values())  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+    if isinstance(value, list | tuple):
+        return "\n".join(_text(v) for v in value)  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+    if value is None or isinstance(value, bool):
+        return ""
+    if isinstance(value, int | float):
+        return repr(value)
     return to_json(value, fallback=str).decode()
 
 
@@ -51,13 +74,14 @@ class TaintTracker:
     first `tainted` question, so runs without a policy never pay for it.
     """
 
-    __slots__ = ("_pending", "_trusted", "_trusted_compact", "_untrusted", "_untrusted_compact",
-                 "injection", "sources")  # fmt: skip
+    __slots__ = ("_numbers", "_pending", "_trusted", "_trusted_compact", "_untrusted",
+                 "_untrusted_compact", "injection", "sources")  # fmt: skip
 
     def __init__(self, trusted: Iterable[Any] = ()) -> None:
         self._pending: list[tuple[bool, Any]] = [(True, t) for t in trusted]
         self._trusted = self._trusted_compact = ""
         self._untrusted = self._untrusted_compact = ""
+        self._numbers: tuple[set[float], set[float]] = (set(), set())  # (trusted, untrusted)
         self.injection = False
         """Prompt-injection markers were seen in untrusted content."""
         self.sources: list[str] = []
@@ -81,6 +105,7 @@ class TaintTracker:
     def _index(self) -> None:
         for trusted, value in self._pending:
             text = "\n" + _text(value).casefold()
+            self._numbers[0 if trusted else 1].update(_numbers(text))
             if trusted:
                 self._trusted += text
                 self._trusted_compact += _compact(text)
@@ -101,11 +126,10 @@ class TaintTracker:
         if isinstance(value, bool) or value is None:
             return False
         if isinstance(value, int | float):
-            token = f"{value:g}" if isinstance(value, float) else str(value)
-            if len(token.lstrip("-").replace(".", "")) < 3:
+            if abs(value) < 100:  # two digits occur everywhere by chance
                 return False
-            pattern = re.compile(rf"(?<![\w.]){re.escape(token)}(?![\w]|\.\d)")
-            return bool(pattern.search(self._untrusted)) and not pattern.search(self._trusted)
+            trusted, untrusted = self._numbers
+            return float(value) in untrusted and float(value) not in trusted
         if isinstance(value, str):
             return self._str_tainted(value.casefold())
         if isinstance(value, Mapping):
