@@ -244,7 +244,7 @@ class GraphRunner:
             items = list(spec.fan_out(state))
             # Each branch numbers its tool calls in its own range: stable across resumes,
             # whatever order the concurrent branches reach the Gate in.
-            results = await asyncio.gather(
+            settled = await asyncio.gather(
                 *(
                     self._call(
                         spec,
@@ -253,9 +253,18 @@ class GraphRunner:
                         else [state, it],
                     )
                     for b, it in enumerate(items)
-                )
+                ),
+                return_exceptions=True,
             )
-            return self._merge(spec.name, state, results), None
+            # Every branch settles before the node ends: a branch waiting for a human (or one
+            # that failed) never leaves a sibling's tool call running unjournaled.
+            for outcome in settled:
+                if isinstance(outcome, Exception):
+                    raise outcome
+            for outcome in settled:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            return self._merge(spec.name, state, list(settled)), None
         if spec.takes_ctx:
             args.append(self._ctx(run, state, step))
         return await self._call(spec, args), None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import operator
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from pydantic import BaseModel
@@ -19,6 +21,7 @@ from cadenza.approvals import approve, deny, list_approvals
 from cadenza.audit import entries
 from cadenza.context import RunContext
 from cadenza.errors import ApprovalError, ReplayDivergence, ResumeError, ToolError
+from cadenza.graph import Reducer
 from cadenza.stores import MemoryStore, SQLiteStore
 from cadenza.testing import ScriptedModel, call
 
@@ -440,3 +443,54 @@ async def test_a_per_run_policy_is_used_again_when_the_run_resumes(tmp_path: Pat
     file.write_text(file.read_text().replace("version: '2'", "version: '3'"))
     with pytest.raises(ResumeError, match="now holds version 3"):
         await agent.resume(third.run_id, store=store)
+
+
+SENT: list[str] = []
+
+
+@tool(side_effects=True)
+async def send_note(to: str) -> str:
+    """Send a note (slowly).
+
+    Args:
+        to: Recipient.
+    """
+    await asyncio.sleep(0.1)
+    SENT.append(to)
+    return "sent"
+
+
+class Jobs(BaseModel):
+    items: list[str] = ["note", "pay"]
+    done: Annotated[list[str], Reducer(operator.add)] = []
+
+
+async def _job(state: Jobs, item: str, ctx: RunContext) -> dict[str, Any]:
+    if item == "note":
+        await ctx.call_tool("send_note", to="bob@example.com")
+    else:
+        await asyncio.sleep(0.02)  # asks for approval while the note is being sent
+        await ctx.call_tool("pay", iban="DE89370400440532013000", amount=5000)
+    return {"done": [item]}
+
+
+async def test_a_fan_out_branch_waiting_for_approval_lets_its_siblings_finish(
+    tmp_path: Path,
+) -> None:
+    SENT.clear()
+    g = Graph(Jobs, name="jobs", tools=[send_note, pay], policy=Policy(
+        [Rule("notes", "allow", tools=("send_note",)),
+         Rule("ask", "approve", tools=("pay",))], version="1"))  # fmt: skip
+    g.add_node("work", _job, fan_out=lambda s: s.items)
+    g.add_edge(START, "work")
+    g.add_edge("work", END)
+    wf = g.compile()
+    store = SQLiteStore(tmp_path / "c.db")
+    first = await wf.run({}, store=store)
+    assert first.status == "interrupted" and SENT == ["bob@example.com"]
+    await approve(store, first.interrupt["approvals"][0]["id"], by="carol")
+    done = await wf.resume(first.run_id, store=store)
+    assert done.status == "finished" and sorted(done.output.done) == ["note", "pay"]
+    assert SENT == ["bob@example.com"] and PAID == [
+        {"iban": "DE89370400440532013000", "amount": 5000}
+    ]
