@@ -308,7 +308,11 @@ def _screen(run: RunHandle, p: _Prepared, step: int) -> None:
     assert r is not None
     if r.is_error:
         return
-    content, markers, blocked = screen_output(r.name, r.content, run.safety.guards)
+    try:
+        content, markers, blocked = screen_output(r.name, r.content, run.safety.guards)
+    except Exception as exc:  # a broken moderation hook withholds the output (fail closed)
+        content, markers = r.content, []
+        blocked = f"the moderation hook failed ({type(exc).__name__}: {exc})"
     if blocked is not None:
         p.result = ToolResult(r.call_id, r.name, f"output withheld by moderation: {blocked}", True)
         run.emit("guard.blocked", {"step": step, "index": p.index, "name": r.name,

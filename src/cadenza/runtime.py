@@ -366,7 +366,10 @@ def _guard_output(run: RunHandle, output: Any, output_json: Any) -> tuple[Any, A
     guards: Guards = run.safety.guards
     if guards.moderation is not None:
         text = output_json if isinstance(output_json, str) else json.dumps(output_json, default=str)
-        reason = guards.moderation("output", text)
+        try:
+            reason = guards.moderation("output", text)
+        except Exception as exc:  # fail closed
+            reason = f"the moderation hook failed ({type(exc).__name__}: {exc})"
         if reason is not None:
             run.emit("guard.blocked", {"step": run.step, "name": "output", "reason": reason})
             withheld = f"[the answer was withheld by moderation: {reason}]"

@@ -43,3 +43,33 @@ def test_taint_matches_numbers_by_value_and_text_without_json_escapes() -> None:
     assert t.tainted({"amount": 2500.0, "small": 25}) == {"amount"}
     assert t.tainted({"body": "Pay 2,500.00 EUR to the account below.\nThanks,\nBob"}) == {"body"}
     assert t.tainted({"path": "C:\\\\Users\\\\ann\\\\report.txt"}) == frozenset()  # the user's own
+
+
+async def test_a_broken_moderation_hook_withholds_the_output_instead_of_crashing() -> None:
+    from cadenza import Agent, Guards, tool
+    from cadenza.stores import MemoryStore
+    from cadenza.testing import ScriptedModel, call
+
+    @tool
+    def echo(text: str) -> str:
+        """Echo.
+
+        Args:
+            text: Anything.
+        """
+        return text
+
+    def broken(where: str, text: str) -> str | None:
+        raise RuntimeError("moderation service down")
+
+    model = ScriptedModel([call("echo", text="hello there"), "done"])
+    agent = Agent(
+        model,
+        tools=[echo],
+        guards=Guards(moderation=lambda w, t: None if w == "input" else broken(w, t)),
+    )
+    result = await agent.run("go", store=MemoryStore())
+    seen = model.requests[1].messages[-1].tool_results[0]
+    assert seen.is_error and "moderation hook failed" in seen.content
+    assert result.status == "finished"
+    assert result.output.startswith("[the answer was withheld by moderation: the moderation hook")

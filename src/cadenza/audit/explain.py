@@ -133,7 +133,7 @@ async def _sentences(
             return [f"  {d.get('by')} had approved it, so it went ahead{edited}."]
         return [f"  {d.get('by')} had denied it, so it did not run."]
     if t == "guard.flagged":  # told after the call's result
-        calls[(step, d["index"])]["flagged"] = (
+        calls.setdefault((step, d["index"]), {})["flagged"] = (
             f"  Its output contained text that looks like instructions "
             f"({', '.join(d['markers'])}); it was shown to the model as data, flagged."
         )

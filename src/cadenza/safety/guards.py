@@ -395,7 +395,13 @@ def check_input(text: str, guards: Guards) -> None:
             f"the input is {len(text):,} characters, over the limit of {limit:,} "
             "(Guards.max_input_chars); shorten it or raise the limit"
         )
-    if guards.moderation is not None and (reason := guards.moderation("input", text)):
+    if guards.moderation is None:
+        return
+    try:
+        reason = guards.moderation("input", text)
+    except Exception as exc:  # fail closed: nothing runs on an input nobody could check
+        reason = f"the moderation hook failed ({type(exc).__name__}: {exc})"
+    if reason:
         raise InputRejected(f"the input was blocked by moderation: {reason}")
 
 
