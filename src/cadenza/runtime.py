@@ -234,6 +234,7 @@ async def resume(
     run.safety = safety = _safety(wf, opts, parent, [record.input])
     run.streaming = opts.stream or (parent is not None and parent.streaming)
     _load_safety(safety, events)
+    await _load_children(store, safety, events)
     record.status = "running"
     record.error = None
     data: dict[str, Any] = {
@@ -467,6 +468,17 @@ def _policy_of_run(run_id: str, events: list[Any]) -> Policy | None:
             f"{policy.version}: pass the policy to use explicitly (`--policy` or policy=)"
         )
     return policy
+
+
+async def _load_children(store: StateStore, safety: SafetyState, events: list[Any]) -> None:
+    """What the run's finished child runs (agent nodes, sub-graphs) read is untrusted here too."""
+    todo = [e.data["child"] for e in events if e.type in ("node.finished", "node.failed")
+            and e.data.get("child")]  # fmt: skip
+    while todo:
+        child_events = await store.events(todo.pop())
+        _load_safety(safety, child_events)
+        todo.extend(e.data["child"] for e in child_events
+                    if e.type in ("node.finished", "node.failed") and e.data.get("child"))  # fmt: skip
 
 
 def _load_safety(safety: SafetyState, events: list[Any]) -> None:
