@@ -63,8 +63,8 @@ class SafetyState:
 
 class _Prepared:
     __slots__ = (
-        "approval_id", "approver", "args", "call", "decision", "index", "kwargs", "outcome",
-        "pending", "result", "tool",
+        "approval_id", "approver", "args", "call", "decision", "index", "kwargs", "looked",
+        "outcome", "pending", "prior", "result", "reused", "tool",
     )  # fmt: skip
 
     def __init__(self, index: int, call: ToolCall) -> None:
@@ -79,6 +79,11 @@ class _Prepared:
         self.decision: Decision | None = None
         self.approver: str | None = None
         self.approval_id = ""
+        self.prior: ToolRecord | None = None
+        """A side-effecting call's idempotency record, when it ran before a crash or pause."""
+        self.looked = False
+        self.reused = False
+        """The result is the recorded one of an earlier execution (not run, not charged)."""
         self.pending = False
         self.outcome = "refused"
 
@@ -164,9 +169,17 @@ async def run_tool_calls(
         _request_approvals(run, pending, step, agent, model)
     runnable = [p for p in prepared if p.result is None]
     if runnable and not run.replaying:
-        run.budget.before_tools(len(runnable))
-        if run.budget.meter is not None:
-            await run.budget.meter.reserve("tool_calls", len(runnable))
+        fresh = len(runnable)
+        for p in runnable:
+            assert p.tool is not None
+            if p.tool.side_effects:  # done before a crash or a pause: not run, not charged again
+                p.prior = await run.store.tool_record(f"{run.run_id}:{step}:{p.index}")
+                p.looked = True
+                fresh -= p.prior is not None and p.prior.status == "done"
+        if fresh:
+            run.budget.before_tools(fresh)
+            if run.budget.meter is not None:
+                await run.budget.meter.reserve("tool_calls", fresh)
     if len(runnable) == 1:
         await _execute(run, runnable[0], step)
     elif runnable:
@@ -183,6 +196,8 @@ async def run_tool_calls(
         }  # fmt: skip
         if p.tool is None or p.outcome in ("denied", "denied-by-approver"):
             data["refused"] = True  # never executed
+        elif p.reused:
+            data["reused"] = True  # executed once, earlier: budgets count it once
         run.emit("tool.returned", data)
         out.append(r)
         _audit(run, p, step, agent, model)
@@ -389,7 +404,7 @@ async def _execute(run: RunHandle, p: _Prepared, step: int) -> None:
         return
     key = f"{run.run_id}:{step}:{p.index}"
     if t.side_effects:
-        prior = await run.store.tool_record(key)
+        prior = p.prior if p.looked else await run.store.tool_record(key)
         saved: dict[str, Any] = (prior.result or {}) if prior is not None else {}
         recorded = saved.get("name", call.name)
         if recorded != call.name:
@@ -405,6 +420,7 @@ async def _execute(run: RunHandle, p: _Prepared, step: int) -> None:
             r = prior.result
             p.result = ToolResult(call.id, call.name, r["content"], bool(r["is_error"]))
             p.outcome = "executed"  # before the crash; not again
+            p.reused = True
             return
         if prior is not None:
             p.result = ToolResult(

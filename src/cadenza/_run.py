@@ -25,7 +25,7 @@ NO_ANSWER: Any = object()
 """Marks 'no human answer given' (None is a valid answer)."""
 
 # Event fields that legitimately differ between a recording and its replay.
-_VOLATILE = frozenset({"duration_ms", "child", "run_id", "replayed", "ts", "started"})
+_VOLATILE = frozenset({"duration_ms", "child", "run_id", "replayed", "ts", "started", "reused"})
 
 
 class Recording:

@@ -553,4 +553,8 @@ def _steps_so_far(events: list[Any]) -> int:
 
 
 def _tools_so_far(events: list[Any]) -> int:
-    return sum(1 for e in events if e.type == "tool.returned" and not e.data.get("refused"))
+    return sum(
+        1
+        for e in events
+        if e.type == "tool.returned" and not e.data.get("refused") and not e.data.get("reused")
+    )

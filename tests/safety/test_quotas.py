@@ -6,14 +6,19 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from cadenza import Agent, Budget, BudgetExceeded, Principal, tool
+from cadenza import Agent, Budget, BudgetExceeded, Principal, RunContext, tool
 from cadenza.errors import ConfigError
 from cadenza.quotas import Quota
 from cadenza.stores import SQLiteStore
 from cadenza.testing import ScriptedModel, call
 
 CALLS: list[int] = []
+
+
+class Order(BaseModel):
+    out: str = ""
 
 
 @tool
@@ -98,3 +103,54 @@ def test_quota_settings_are_checked() -> None:
         Quota("user", "tokens", 1, per="week")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="scope"):
         Quota("team", "tokens", 1)  # type: ignore[arg-type]
+
+
+async def test_calls_redone_after_a_pause_are_charged_once(tmp_path: Path) -> None:
+    from cadenza import END, START, Graph, Policy, Rule
+    from cadenza.approvals import approve, list_approvals
+
+    @tool(side_effects=True)
+    def reserve(sku: str) -> str:
+        """Reserve stock.
+
+        Args:
+            sku: Item.
+        """
+        CALLS.append(1)
+        return "reserved"
+
+    @tool(side_effects=True)
+    def charge(amount: int) -> str:
+        """Charge a card.
+
+        Args:
+            amount: Euros.
+        """
+        CALLS.append(amount)
+        return "charged"
+
+    async def order(state: Order, ctx: RunContext) -> dict[str, str]:
+        await ctx.call_tool("reserve", sku="X1")
+        await ctx.call_tool("charge", amount=500)  # waits for approval; the node runs again
+        return {"out": "ok"}
+
+    policy = Policy([Rule("ask", "approve", tools=("charge",)), Rule("rest", "allow")], version="1")
+    g = Graph(Order, name="order", tools=[reserve, charge], policy=policy)
+    g.add_node("order", order)
+    g.add_edge(START, "order")
+    g.add_edge("order", END)
+    wf = g.compile()
+    store = SQLiteStore(tmp_path / "q.db")
+    quota = Quota("user", "tool_calls", 100)
+    ann = Principal("ann")
+    first = await wf.run({}, store=store, principal=ann, budget=Budget(quotas=(quota,)))
+    (pending,) = await list_approvals(store)
+    await approve(store, pending.id, by="bob")
+    await wf.resume(first.run_id, store=store, budget=Budget(quotas=(quota,)))
+    assert CALLS == [1, 500]  # each ran once
+    key = quota.key(ann, time.time())
+    assert key is not None and await store.charge(key, 0) == (True, 2.0)
+    returned = [e.data for e in await store.events(first.run_id) if e.type == "tool.returned"]
+    assert [(d["name"], bool(d.get("reused"))) for d in returned] == [
+        ("reserve", False), ("reserve", True), ("charge", False),
+    ]  # fmt: skip
