@@ -386,7 +386,9 @@ def _guard_output(run: RunHandle, output: Any, output_json: Any) -> tuple[Any, A
             try:  # a typed state or answer: the same type, with its strings redacted
                 output = type(output).model_validate(output_json)
             except ValueError:
-                pass  # a field that cannot hold the placeholder keeps its value in memory
+                # A field whose type refuses the placeholder (a pattern, an email type) still
+                # gets it: built without validation, personal data never reaches the caller.
+                output = type(output).model_construct(**output_json)
     return output, output_json
 
 

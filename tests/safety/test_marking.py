@@ -73,3 +73,20 @@ async def test_a_broken_moderation_hook_withholds_the_output_instead_of_crashing
     assert seen.is_error and "moderation hook failed" in seen.content
     assert result.status == "finished"
     assert result.output.startswith("[the answer was withheld by moderation: the moderation hook")
+
+
+async def test_a_typed_answer_is_redacted_even_where_its_type_refuses_the_placeholder() -> None:
+    from pydantic import BaseModel, Field
+
+    from cadenza import Agent
+    from cadenza.stores import MemoryStore
+    from cadenza.testing import ScriptedModel
+
+    class Contact(BaseModel):
+        name: str
+        email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+
+    model = ScriptedModel(['{"name": "Ann", "email": "ann@example.com"}'])
+    result = await Agent(model, output_type=Contact).run("who?", store=MemoryStore())
+    assert isinstance(result.output, Contact)
+    assert result.output.name == "Ann" and result.output.email == "[EMAIL]"
