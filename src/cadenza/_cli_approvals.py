@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import getpass
-import json
 import os
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -19,6 +18,7 @@ from ._cli_common import (
     clock,
     err,
     fail,
+    json_object,
     listed_elsewise,
     load_wf,
     out,
@@ -93,13 +93,10 @@ def approvals_approve(
     """Approve a waiting call (optionally with edited arguments), then resume its run."""
     edited: dict[str, Any] | None = None
     if arguments is not None:
-        try:
-            value = json.loads(arguments)
-        except json.JSONDecodeError as exc:
-            fail(f"--arguments is not valid JSON ({exc})")
-        if not isinstance(value, dict):
-            fail("--arguments takes a JSON object of the tool's arguments")
-        edited = cast(dict[str, Any], value)
+        edited = json_object(
+            arguments, "--arguments is not valid JSON",
+            "--arguments takes a JSON object of the tool's arguments",
+        )  # fmt: skip
     st = cli_store(store)
     decider = _decider(by)
     a = run_async(lambda: ap.approve(st, approval_id, by=decider, reason=reason, arguments=edited))

@@ -7,7 +7,7 @@ import datetime as dt
 import json
 import os
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -109,3 +109,14 @@ def short(value: Any, n: int = 80) -> str:
     """`value` as text, cut to `n` characters and escaped for Rich markup."""
     text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
     return escape(text if len(text) <= n else text[: n - 1] + "…")
+
+
+def json_object(text: str, not_json: str, not_object: str) -> dict[str, Any]:
+    """Parse an option's JSON object, or fail with `not_json (why)` / `not_object`."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{not_json} ({exc})")
+    if not isinstance(value, dict):
+        fail(not_object)
+    return cast(dict[str, Any], value)

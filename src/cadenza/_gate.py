@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
 from ._run import RunHandle
-from .audit._chain import canonical_json
+from .audit._chain import canonical_json, utc_timestamp
 from .errors import ApprovalRequired
 from .messages import ToolCall, ToolResult
 from .safety.guards import Guards, check_arguments, redact, redact_value, screen_output
@@ -341,21 +341,6 @@ def _screen(run: RunHandle, p: _Prepared, step: int) -> None:
         p.result = ToolResult(r.call_id, r.name, content)
 
 
-_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
-
-
-def _utc_now() -> str:
-    """The time as ISO 8601 UTC with microseconds, e.g. 2026-11-25T18:44:04.123456Z."""
-    global _second
-    t = time.time()
-    s = int(t)
-    sec, text = _second  # one tuple, replaced whole: safe from several threads
-    if s != sec:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
-        _second = (s, text)
-    return f"{text}.{int((t - s) * 1e6):06d}Z"
-
-
 def _audit(run: RunHandle, p: _Prepared, step: int, agent: str | None, model: str | None) -> None:
     if run.replaying:
         return
@@ -371,7 +356,7 @@ def _audit(run: RunHandle, p: _Prepared, step: int, agent: str | None, model: st
     if outcome == "executed" and p.result is not None and p.result.is_error:
         outcome = "failed"
     entry: dict[str, Any] = {
-        "ts": _utc_now(),
+        "ts": utc_timestamp(),
         "run": run.run_id, "workflow": run.record.workflow, "step": step, "index": p.index,
         "actor": principal.user_id, "tenant": principal.tenant, "agent": agent, "model": model,
         "tool": p.call.name, "version": str(p.tool.version) if p.tool is not None else None,

@@ -247,3 +247,33 @@ class RunHandle:
         """Position the step counter after a resumed checkpoint."""
         if cp is not None:
             self.step = cp.seq
+
+
+async def descendants(store: StateStore, events: list[Event]) -> list[tuple[str, list[Event]]]:
+    """The child runs (agent nodes, sub-graphs) under a run's `events`, at any depth, with their
+    journals: those its nodes finished or failed in, and the one a pending approval waits in."""
+    out: list[tuple[str, list[Event]]] = []
+    todo = _children(events)
+    seen: set[str] = set()
+    while todo:
+        child = todo.pop()
+        if child in seen:
+            continue
+        seen.add(child)
+        child_events = await store.events(child)
+        out.append((child, child_events))
+        todo.extend(_children(child_events))
+    return out
+
+
+def _children(events: list[Event]) -> list[str]:
+    found: list[str] = []
+    for e in events:
+        if e.type in ("node.finished", "node.failed") and e.data.get("child"):
+            found.append(e.data["child"])
+        elif e.type == "run.interrupted" and isinstance(e.data.get("prompt"), dict):
+            for ask in e.data["prompt"].get("approvals", ()):
+                owner = ask["id"].split(":", 1)[0]
+                if owner != e.run_id:
+                    found.append(owner)
+    return found

@@ -9,13 +9,13 @@ separate approvals table to fall out of step with the runs.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .audit._chain import canonical_json
+from ._run import descendants
+from .audit._chain import canonical_json, utc_timestamp
 from .errors import ApprovalError
 from .safety.guards import redact_value
 from .stores._base import Batch, Event, StateStore
@@ -121,17 +121,18 @@ async def list_approvals(
         run_id: Only this run and its child runs.
 
     """
+    out: list[Approval] = []
     if run_id is not None:
-        runs = [
-            r for r in await store.list_runs(limit=100_000) if root_run(r.id) == root_run(run_id)
-        ]
+        root = root_run(run_id)
+        events = await store.events(root)
+        for rid, evs in [(root, events), *await descendants(store, events)]:
+            out.extend(_from_events(rid, evs))
     else:
         runs = await store.list_runs(status="interrupted", limit=10_000)
         if status != "pending":
             runs += [r for r in await store.list_runs(limit=1000) if r.status != "interrupted"]
-    out: list[Approval] = []
-    for r in runs:
-        out.extend(_from_events(r.id, await store.events(r.id)))
+        for r in runs:
+            out.extend(_from_events(r.id, await store.events(r.id)))
     if status is not None:
         out = [a for a in out if a.status == status]
     return sorted(out, key=lambda a: a.requested_at)
@@ -182,9 +183,7 @@ async def _decide(
     used = arguments if arguments is not None else a.arguments
     batch.audit = [
         {
-            "ts": dt.datetime.fromtimestamp(now, dt.UTC)
-            .isoformat(timespec="microseconds")
-            .replace("+00:00", "Z"),
+            "ts": utc_timestamp(now),
             "run": a.run_id,
             "workflow": run.workflow,
             "actor": by,

@@ -22,6 +22,7 @@ from ._cli_common import (
     clock,
     err,
     fail,
+    json_object,
     jsonable,
     listed_elsewise,
     load_wf,
@@ -128,6 +129,9 @@ def print_result(result: Any, as_json: bool, wf: Any = None) -> None:
     )
 
 
+_FOR_GRAPHS = "--input-json takes a JSON object, for graph workflows"
+
+
 @app.command()
 def run(
     workflow: Annotated[str, typer.Argument(help="path/file.py:name or package.module:name")],
@@ -182,12 +186,9 @@ def run(
             fail(str(exc))
     value: Any = input
     if input_json:
-        try:
-            value = json.loads(input)
-        except json.JSONDecodeError as exc:
-            fail(f"--input-json: INPUT is not valid JSON ({exc})")
-        if not isinstance(value, dict) or wf.kind != "graph":
-            fail("--input-json takes a JSON object, for graph workflows")
+        value = json_object(input, "--input-json: INPUT is not valid JSON", _FOR_GRAPHS)
+        if wf.kind != "graph":
+            fail(_FOR_GRAPHS)
     st = cli_store(store)
     target, _, name = workflow.rpartition(":")
     ref = (

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 
 from ._gate import DEFAULT_GUARDS, SafetyState
-from ._run import NO_ANSWER, Listener, Recording, RunHandle
+from ._run import NO_ANSWER, Listener, Recording, RunHandle, descendants
 from .budgets import Budget, BudgetTracker
 from .context import Principal, RunContext
 from .errors import (
@@ -31,7 +31,7 @@ from .errors import (
 )
 from .messages import Message, Usage
 from .quotas import QuotaMeter
-from .safety.guards import Guards, check_input, find_pii, redact, redact_value
+from .safety.guards import Guards, check_input, holds_pii, redact, redact_value
 from .safety.policy import Policy
 from .safety.taint import TaintTracker
 from .stores import MemoryStore, StateStore, default_store
@@ -375,7 +375,7 @@ def _guard_output(run: RunHandle, output: Any, output_json: Any) -> tuple[Any, A
             run.emit("guard.blocked", {"step": run.step, "name": "output", "reason": reason})
             withheld = f"[the answer was withheld by moderation: {reason}]"
             return withheld, withheld
-    if guards.redact_output and _holds_pii(output_json):
+    if guards.redact_output and holds_pii(output_json):
         keep = guards.public
         output_json = redact_value(output_json, keep)
         if isinstance(output, str):
@@ -390,17 +390,6 @@ def _guard_output(run: RunHandle, output: Any, output_json: Any) -> tuple[Any, A
                 # gets it: built without validation, personal data never reaches the caller.
                 output = type(output).model_construct(**output_json)
     return output, output_json
-
-
-def _holds_pii(value: Any) -> bool:
-    """Whether any string in a JSON value holds personal data (most outputs hold none)."""
-    if isinstance(value, str):
-        return bool(find_pii(value))
-    if isinstance(value, dict):
-        return any(_holds_pii(v) for v in cast(dict[str, Any], value).values())
-    if isinstance(value, list):
-        return any(_holds_pii(v) for v in cast(list[Any], value))
-    return isinstance(value, int) and value > 999_999_999_999  # maybe a card number
 
 
 def _check_input(input: Any, guards: Guards) -> None:
@@ -473,14 +462,9 @@ def _policy_of_run(run_id: str, events: list[Any]) -> Policy | None:
 
 
 async def _load_children(store: StateStore, safety: SafetyState, events: list[Any]) -> None:
-    """What the run's finished child runs (agent nodes, sub-graphs) read is untrusted here too."""
-    todo = [e.data["child"] for e in events if e.type in ("node.finished", "node.failed")
-            and e.data.get("child")]  # fmt: skip
-    while todo:
-        child_events = await store.events(todo.pop())
+    """What the run's child runs (agent nodes, sub-graphs) read is untrusted here too."""
+    for _, child_events in await descendants(store, events):
         _load_safety(safety, child_events)
-        todo.extend(e.data["child"] for e in child_events
-                    if e.type in ("node.finished", "node.failed") and e.data.get("child"))  # fmt: skip
 
 
 def _load_safety(safety: SafetyState, events: list[Any]) -> None:

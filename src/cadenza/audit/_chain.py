@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
@@ -48,6 +49,25 @@ _C_ENCODE: Callable[[Any, int], Any] | None = (
     if _make is not None
     else None
 )
+
+
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
+def utc_timestamp(t: float | None = None) -> str:
+    """An entry's time, ISO 8601 UTC with microseconds: 2026-11-25T18:44:04.123456Z.
+
+    Each second is formatted once (entries come in bursts).
+    """
+    global _second
+    if t is None:
+        t = time.time()
+    s = int(t)
+    sec, text = _second  # one tuple, replaced whole: safe from several threads
+    if s != sec:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+        _second = (s, text)
+    return f"{text}.{int((t - s) * 1e6):06d}Z"
 
 
 def canonical_json(value: Any) -> str:

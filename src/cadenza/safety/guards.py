@@ -26,6 +26,7 @@ __all__ = [
     "check_arguments",
     "check_input",
     "find_pii",
+    "holds_pii",
     "injection_markers",
     "redact",
     "redact_value",
@@ -208,6 +209,17 @@ def redact_value(value: Any, keep: tuple[str, ...] = ()) -> Any:
     if type(value) is int and value > 0 and _is_card(str(value)):
         return "[CARD]"
     return value
+
+
+def holds_pii(value: Any) -> bool:
+    """Whether `redact_value` would change a JSON-like value (most values hold no personal data)."""
+    if isinstance(value, str):
+        return bool(find_pii(value))
+    if isinstance(value, dict):
+        return any(holds_pii(v) for v in value.values())  # pyright: ignore[reportUnknownVariableType]
+    if isinstance(value, list | tuple):
+        return any(holds_pii(v) for v in value)  # pyright: ignore[reportUnknownVariableType]
+    return type(value) is int and value > 0 and _is_card(str(value))
 
 
 # --- Prompt-injection markers -------------------------------------------------------------
