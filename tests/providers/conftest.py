@@ -30,23 +30,16 @@ import pytest
 
 from cadenza.errors import ConfigError
 from cadenza.providers import catalog
+from service_checks import unavailable
 
 MODEL_ALIAS = "qwen2.5-coder-0.5b"
 """The model name the server answers to."""
 START_TIMEOUT = 120.0
 
 
-def in_ci() -> bool:
-    """True when running under CI (`CI=true`), where an unavailable server is an error."""
-    return os.environ.get("CI", "").strip().lower() == "true"
-
-
-def backend_unavailable(backend: str, reason: str) -> NoReturn:
+def server_unavailable(backend: str, reason: str) -> NoReturn:
     """Skip the current test because `backend` is unavailable; under `CI=true`, fail."""
-    message = f"{backend} unavailable: {reason}"
-    if in_ci():
-        pytest.fail(f"{message} (CI=true: the real-server tests must run in CI)", pytrace=False)
-    pytest.skip(message)
+    unavailable(f"{backend} unavailable: {reason}", "the real-server tests must run in CI")
 
 
 def _free_port() -> int:
@@ -74,13 +67,13 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     name = "llama-cpp-python server"
     for module in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context"):
         if importlib.util.find_spec(module) is None:
-            backend_unavailable(
+            server_unavailable(
                 name, f"{module} is not installed (pip install 'llama-cpp-python[server]')"
             )
     try:
         model = catalog.assemble(catalog.find_entry(catalog.DEFAULT_MODEL))
     except ConfigError as exc:
-        backend_unavailable(name, f"the model cannot be assembled: {exc}")
+        server_unavailable(name, f"the model cannot be assembled: {exc}")
     port = _free_port()
     cmd = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(model),
@@ -96,11 +89,11 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             deadline = time.monotonic() + START_TIMEOUT
             while not _answers(f"{base}/models"):
                 if proc.poll() is not None:
-                    backend_unavailable(
+                    server_unavailable(
                         name, f"it exited with code {proc.returncode}:\n{_tail(log)}"
                     )
                 if time.monotonic() > deadline:
-                    backend_unavailable(
+                    server_unavailable(
                         name, f"no answer at {base}/models after {START_TIMEOUT:g} s:\n{_tail(log)}"
                     )
                 time.sleep(0.25)

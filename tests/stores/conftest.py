@@ -25,13 +25,9 @@ instead when `CI=true`, so CI can never silently stop testing a backend. For exa
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import NoReturn
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -39,40 +35,6 @@ from cadenza.stores import MemoryStore, SQLiteStore, StateStore
 
 StoreFactory = Callable[[Path], AbstractAsyncContextManager[StateStore]]
 """Opens a fresh, empty store (given a private temporary directory) and closes it after."""
-
-
-def in_ci() -> bool:
-    """True when running under CI (`CI=true`), where an unavailable backend is an error."""
-    return os.environ.get("CI", "").strip().lower() == "true"
-
-
-def backend_unavailable(backend: str, reason: str) -> NoReturn:
-    """Skip the current test because `backend`'s service is absent; under `CI=true`, fail."""
-    message = f"{backend} store backend unavailable: {reason}"
-    if in_ci():
-        pytest.fail(f"{message} (CI=true: every store backend must be tested in CI)", pytrace=False)
-    pytest.skip(message)
-
-
-def require_service(backend: str, env_var: str, default_url: str, *, timeout: float = 0.5) -> str:
-    """The URL of the service `backend` needs (from `env_var`, else `default_url`).
-
-    Checks that something listens at the URL's host and port; when nothing does, the test is
-    skipped (or, under `CI=true`, failed) with a reason naming the backend, URL and variable.
-    """
-    url = os.environ.get(env_var) or default_url
-    parts = urlsplit(url)
-    host, port = parts.hostname or "localhost", parts.port
-    if port is None:
-        backend_unavailable(backend, f"{env_var}={url!r} has no port")
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        backend_unavailable(
-            backend, f"no server at {host}:{port} ({exc}); start one or set {env_var}"
-        )
-    return url
 
 
 @asynccontextmanager

@@ -25,7 +25,7 @@ from cadenza.stores import (
     StateStore,
     ToolRecord,
 )
-from conftest import backend_unavailable, require_service
+from service_checks import backend_unavailable, require_service
 
 
 class State(BaseModel):

@@ -36,7 +36,7 @@ from ..models import (
     ToolCallEvent,
 )
 from ..safety.guards import tool_output_text
-from . import catalog
+from . import catalog, with_schema_hint
 from ._grammar import output_grammar, tools_grammar
 
 __all__ = ["LocalModel", "load_llama"]
@@ -198,7 +198,7 @@ class LocalModel:
         ] or None
         messages = [_to_chat(m) for m in request.messages]
         if request.output_schema is not None:
-            messages = _with_schema_hint(messages, request.output_schema)
+            messages = with_schema_hint(messages, request.output_schema)
         return fmt(messages=messages, tools=tools).prompt
 
     def _grammar(self, request: ModelRequest) -> Any:
@@ -397,15 +397,6 @@ def _to_chat(m: Message) -> dict[str, Any]:
             for c in m.tool_calls
         ]
     return d
-
-
-def _with_schema_hint(
-    messages: list[dict[str, Any]], schema: dict[str, Any]
-) -> list[dict[str, Any]]:
-    hint = "Reply with only a JSON value matching this JSON Schema: " + json.dumps(schema)
-    if messages and messages[0]["role"] == "system":
-        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{hint}"}, *messages[1:]]
-    return [{"role": "system", "content": hint}, *messages]
 
 
 def local_provider(spec: str) -> LocalModel:

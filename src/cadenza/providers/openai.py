@@ -35,7 +35,7 @@ from ..errors import ConfigError, ProviderError
 from ..messages import Message, ToolCall, Usage
 from ..models import ModelRequest, ModelResponse, StreamDone, StreamEvent, TextDelta, ToolCallEvent
 from ..safety.guards import tool_output_text
-from . import timeout_from_env
+from . import timeout_from_env, with_schema_hint
 from .prices import price_of
 
 try:
@@ -167,7 +167,7 @@ class OpenAIModel:
             }
         elif schema is not None:
             params["response_format"] = {"type": "json_object", "schema": schema}
-            messages = _with_schema_hint(messages, schema)
+            messages = with_schema_hint(messages, schema)
         s = request.settings
         if s.temperature is not None:
             params["temperature"] = s.temperature
@@ -384,16 +384,6 @@ def _to_openai(m: Message) -> list[dict[str, Any]]:
             for c in m.tool_calls
         ]  # fmt: skip
     return [d]
-
-
-def _with_schema_hint(
-    messages: list[dict[str, Any]], schema: dict[str, Any]
-) -> list[dict[str, Any]]:
-    # json_object mode does not show the schema to the model the way json_schema mode does.
-    hint = "Reply with only a JSON value matching this JSON Schema: " + json.dumps(schema)
-    if messages and messages[0]["role"] == "system":
-        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{hint}"}, *messages[1:]]
-    return [{"role": "system", "content": hint}, *messages]
 
 
 def _detail(exc: openai.APIError) -> str:
